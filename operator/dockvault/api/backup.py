@@ -1,0 +1,74 @@
+"""Backup: the record of one run; serialised as the repository's manifest.json."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, Field
+
+from .common import API_VERSION, BackupId, ObjectMeta, ResourceName, Schema, TargetName
+
+
+class Artifact(Schema):
+    target: TargetName
+    source: Literal["volume"]
+    file: str = Field(description="file name inside the backup's folder")
+    bytes: int = Field(ge=0, description="size of the stored file")
+    raw_bytes: int = Field(ge=0, description="size of the uncompressed stream")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    compression: Literal["zstd", "gzip", "none"]
+    level: int | None = None
+    started_at: AwareDatetime
+    completed_at: AwareDatetime
+    details: dict[str, str] = Field(default_factory=dict, description="source facts: volume, helper image, tool versions")
+
+
+class BackupSpec(Schema):
+    policy: ResourceName
+    id: BackupId
+    host: str = "local"
+    trigger: Literal["schedule", "manual", "startup"] = "schedule"
+
+
+BackupPhase = Literal["Running", "Succeeded", "Failed"]
+
+
+class BackupStatus(Schema):
+    phase: BackupPhase
+    started_at: AwareDatetime
+    completed_at: AwareDatetime | None = None
+    duration_seconds: float | None = None
+    bytes: int = 0
+    artifacts: list[Artifact] = Field(default_factory=list)
+    message: str | None = None
+    dockvault_version: str | None = None
+
+
+class Backup(Schema):
+    api_version: Literal["dockvault.io/v1alpha1"] = API_VERSION
+    kind: Literal["Backup"] = "Backup"
+    metadata: ObjectMeta
+    spec: BackupSpec
+    status: BackupStatus | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def policy(self) -> str:
+        return self.spec.policy
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is not None and self.status.phase == "Succeeded"
+
+    @property
+    def completed_at(self) -> datetime | None:
+        return self.status.completed_at if self.status else None
+
+    def artifact(self, target: str) -> Artifact | None:
+        if self.status is None:
+            return None
+        return next((a for a in self.status.artifacts if a.target == target), None)

@@ -1,0 +1,145 @@
+"""Building blocks shared by every resource: camelCase schema base, names, durations, cron."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+GROUP = "dockvault.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class Schema(BaseModel):
+    """Strict camelCase model: unknown fields are errors, Python names stay snake_case."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*"
+_DOCKER_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_.-]+"
+
+
+def _matcher(pattern: str, what: str, max_len: int):
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if len(value) > max_len:
+            raise ValueError(f"{what} must be at most {max_len} characters")
+        if not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid {what} (must match {pattern})")
+        return value
+
+    return check
+
+
+def _name_type(pattern: str, what: str, max_len: int):
+    return Annotated[
+        str,
+        AfterValidator(_matcher(pattern, what, max_len)),
+        WithJsonSchema({"type": "string", "pattern": f"^{pattern}$", "maxLength": max_len}),
+    ]
+
+
+ResourceName = _name_type(_DNS1123_SUBDOMAIN, "resource name (DNS-1123 subdomain)", 253)
+TargetName = _name_type(_DNS1123_LABEL, "target name (DNS-1123 label)", 63)
+VolumeName = _name_type(_DOCKER_NAME, "Docker volume name", 255)
+ContainerName = _name_type(_DOCKER_NAME, "Docker container name", 255)
+
+BACKUP_ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z(-[0-9]+)?"
+BackupId = _name_type(BACKUP_ID_PATTERN, "backup id (e.g. 20261121T030000Z)", 32)
+
+_DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_RE = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+DURATION_PATTERN = r"^([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse `1w2d3h4m5s` style durations (each part optional, in that order)."""
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("duration must be a string such as '24h', '30m' or '7d'")
+    match = _DURATION_RE.fullmatch(value.strip())
+    if not value.strip() or not match or not any(match.groups()):
+        raise ValueError(f"{value!r} is not a duration; use e.g. '24h', '30m', '7d' or '1h30m'")
+    seconds = sum(int(n) * mult for n, mult in zip(match.groups(), _DURATION_UNITS.values()) if n)
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be greater than zero")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    parts = []
+    for unit, mult in _DURATION_UNITS.items():
+        n, seconds = divmod(seconds, mult)
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts) or "0s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "description": "duration such as 24h, 30m, 7d"}),
+]
+
+
+def _check_cron(value: str) -> str:
+    if not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a valid cron expression (5 fields: minute hour day month weekday)")
+    if len(value.split()) != 5:
+        raise ValueError(f"{value!r} must have 5 fields: minute hour day-of-month month day-of-week")
+    return value
+
+
+Cron = Annotated[str, AfterValidator(_check_cron), WithJsonSchema({"type": "string", "description": "5-field cron"})]
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not a known IANA time zone (e.g. UTC, Asia/Tokyo)") from None
+    return value
+
+
+Timezone = Annotated[str, AfterValidator(_check_timezone), WithJsonSchema({"type": "string"})]
+
+
+class ObjectMeta(BaseModel):
+    """Kubernetes object metadata; fields the API server adds are accepted and kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: ResourceName
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+
+
+class Condition(Schema):
+    type: str
+    status: str
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None

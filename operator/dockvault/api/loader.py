@@ -1,0 +1,140 @@
+"""Read resources from YAML files; every problem becomes an error naming file, resource and field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .backup import Backup
+from .common import API_VERSION
+from .policy import BackupPolicy
+from .restore import RestoreRequest
+
+Resource = BackupPolicy | RestoreRequest | Backup
+KINDS: dict[str, type[Resource]] = {"BackupPolicy": BackupPolicy, "RestoreRequest": RestoreRequest, "Backup": Backup}
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class ResourceError:
+    file: str
+    kind: str | None
+    name: str | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        who = " ".join(part for part in (self.kind, self.name) if part)
+        parts = [self.file, who, self.path, self.message]
+        return ": ".join(part for part in parts if part)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    resource: Resource
+    file: str
+
+
+@dataclass
+class LoadResult:
+    items: list[Loaded] = field(default_factory=list)
+    errors: list[ResourceError] = field(default_factory=list)
+
+    def extend(self, other: LoadResult) -> None:
+        self.items.extend(other.items)
+        self.errors.extend(other.errors)
+
+    def of_kind(self, kind: type[Resource]) -> list[Loaded]:
+        return [item for item in self.items if isinstance(item.resource, kind)]
+
+
+def format_loc(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_document(doc: Any, *, file: str) -> LoadResult:
+    result = LoadResult()
+    if doc is None:
+        return result
+    if not isinstance(doc, dict):
+        result.errors.append(ResourceError(file, None, None, "", "a document must be a mapping with apiVersion and kind"))
+        return result
+    kind = doc.get("kind")
+    meta = doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
+    if kind not in KINDS:
+        known = ", ".join(KINDS)
+        result.errors.append(ResourceError(file, None, name, "kind", f"unknown kind {kind!r}; expected one of {known}"))
+        return result
+    if doc.get("apiVersion") != API_VERSION:
+        msg = f"unsupported apiVersion {doc.get('apiVersion')!r}; expected {API_VERSION}"
+        result.errors.append(ResourceError(file, kind, name, "apiVersion", msg))
+        return result
+    try:
+        resource = KINDS[kind].model_validate(doc)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            msg = err["msg"].removeprefix("Value error, ")
+            result.errors.append(ResourceError(file, kind, name, format_loc(err["loc"]), msg))
+        return result
+    result.items.append(Loaded(resource, file))
+    return result
+
+
+def load_text(text: str, *, file: str) -> LoadResult:
+    result = LoadResult()
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        result.errors.append(ResourceError(file, None, None, where, f"invalid YAML: {problem}"))
+        return result
+    for doc in docs:
+        result.extend(parse_document(doc, file=file))
+    return result
+
+
+def load_file(path: Path, *, display: str | None = None) -> LoadResult:
+    shown = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return LoadResult(errors=[ResourceError(shown, None, None, "", f"cannot read: {exc}")])
+    return load_text(text, file=shown)
+
+
+def yaml_files(directory: Path) -> list[Path]:
+    """YAML files of a config directory, sorted; hidden files and editor temporaries are ignored."""
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.suffix in YAML_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
+
+
+def load_paths(paths: Iterable[Path]) -> LoadResult:
+    result = LoadResult()
+    for path in paths:
+        if path.is_dir():
+            for file in yaml_files(path):
+                result.extend(load_file(file))
+        elif path.exists():
+            result.extend(load_file(path))
+        else:
+            result.errors.append(ResourceError(str(path), None, None, "", "no such file or directory"))
+    return result

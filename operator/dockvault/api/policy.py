@@ -1,0 +1,161 @@
+"""BackupPolicy: what to back up, when, where to, and how long to keep it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .common import (
+    API_VERSION,
+    Condition,
+    Cron,
+    Duration,
+    ObjectMeta,
+    Schema,
+    TargetName,
+    Timezone,
+    VolumeName,
+)
+
+
+class VolumeSource(Schema):
+    """A Docker volume archived with tar by a short-lived helper container."""
+
+    name: VolumeName
+    quiesce: Literal["none", "pause", "stop"] = Field(
+        "none", description="pause or stop the running containers that use the volume while it is archived"
+    )
+
+
+class BackupTarget(Schema):
+    name: TargetName
+    volume: VolumeSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> BackupTarget:
+        sources = [name for name in ("volume",) if getattr(self, name) is not None]
+        if len(sources) != 1:
+            raise ValueError("a target needs exactly one source: volume")
+        return self
+
+    @property
+    def source_kind(self) -> str:
+        return "volume"
+
+
+class LocalStorage(Schema):
+    path: str = Field(min_length=1, description="directory on the operator's host that holds the repository")
+
+
+class StorageSpec(Schema):
+    local: LocalStorage | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_backend(self) -> StorageSpec:
+        if self.local is None:
+            raise ValueError("storage needs exactly one backend: local")
+        return self
+
+
+_LEVELS = {"zstd": (1, 22, 3), "gzip": (1, 9, 6)}
+
+
+class CompressionSpec(Schema):
+    algorithm: Literal["zstd", "gzip", "none"] = "zstd"
+    level: int | None = None
+
+    @model_validator(mode="after")
+    def _level_in_range(self) -> CompressionSpec:
+        if self.level is None:
+            return self
+        if self.algorithm == "none":
+            raise ValueError("level is not allowed when algorithm is none")
+        low, high, _ = _LEVELS[self.algorithm]
+        if not low <= self.level <= high:
+            raise ValueError(f"level for {self.algorithm} must be between {low} and {high}")
+        return self
+
+    @property
+    def effective_level(self) -> int | None:
+        if self.algorithm == "none":
+            return None
+        return self.level if self.level is not None else _LEVELS[self.algorithm][2]
+
+
+NonNegative = Field(None, ge=0)
+
+
+class RetentionSpec(Schema):
+    """restic-style keep rules; with no rule set, nothing is ever deleted."""
+
+    keep_last: int | None = NonNegative
+    keep_hourly: int | None = NonNegative
+    keep_daily: int | None = NonNegative
+    keep_weekly: int | None = NonNegative
+    keep_monthly: int | None = NonNegative
+    keep_yearly: int | None = NonNegative
+    keep_within: Duration | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return all(value is None for value in self.__dict__.values())
+
+
+class Objectives(Schema):
+    rpo: Duration | None = Field(None, description="the newest good backup must be younger than this")
+    rto: Duration | None = Field(None, description="a restore must finish within this")
+
+
+class BackupPolicySpec(Schema):
+    host: str = Field("local", min_length=1, description="the Docker host (operator instance) that runs this policy")
+    schedule: Cron | None = Field(None, description="cron schedule; without one the policy runs only on demand")
+    timezone: Timezone = "UTC"
+    objectives: Objectives = Field(default_factory=Objectives)
+    targets: list[BackupTarget] = Field(min_length=1)
+    storage: StorageSpec
+    compression: CompressionSpec = Field(default_factory=CompressionSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    suspend: bool = False
+
+    @model_validator(mode="after")
+    def _unique_target_names(self) -> BackupPolicySpec:
+        seen: set[str] = set()
+        for target in self.targets:
+            if target.name in seen:
+                raise ValueError(f"target name {target.name!r} is used twice")
+            seen.add(target.name)
+        return self
+
+    def target(self, name: str) -> BackupTarget | None:
+        return next((t for t in self.targets if t.name == name), None)
+
+
+class BackupRef(Schema):
+    id: str
+    phase: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    bytes: int | None = None
+    message: str | None = None
+
+
+class BackupPolicyStatus(Schema):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    last_backup: BackupRef | None = None
+    last_successful_backup: BackupRef | None = None
+    next_backup_at: str | None = None
+    backups: int | None = None
+
+
+class BackupPolicy(Schema):
+    api_version: Literal["dockvault.io/v1alpha1"] = API_VERSION
+    kind: Literal["BackupPolicy"] = "BackupPolicy"
+    metadata: ObjectMeta
+    spec: BackupPolicySpec
+    status: BackupPolicyStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

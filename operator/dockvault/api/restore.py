@@ -1,0 +1,109 @@
+"""RestoreRequest: bring one backup of a policy's targets back, once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BeforeValidator, Field, ValidationError, WithJsonSchema, model_validator
+
+from .common import API_VERSION, BACKUP_ID_PATTERN, Condition, ObjectMeta, ResourceName, Schema, TargetName, VolumeName
+
+
+class BackupBefore(Schema):
+    before: AwareDatetime = Field(description="the newest backup completed before this time")
+
+
+_BACKUP_ID_RE = re.compile(BACKUP_ID_PATTERN)
+_SELECTOR_HELP = "use 'latest', a backup id such as 20261121T030000Z, or {before: 2026-11-20T00:00:00Z}"
+
+
+def _parse_selector(value: Any) -> Any:
+    if isinstance(value, BackupBefore):
+        return value
+    if isinstance(value, str):
+        if value == "latest" or _BACKUP_ID_RE.fullmatch(value):
+            return value
+        raise ValueError(f"{value!r} is not a backup selector; {_SELECTOR_HELP}")
+    if isinstance(value, dict):
+        try:
+            return BackupBefore.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}: {first['msg']}") from None
+    raise ValueError(f"unsupported backup selector; {_SELECTOR_HELP}")
+
+
+BackupSelector = Annotated[
+    str | BackupBefore,
+    BeforeValidator(_parse_selector),
+    WithJsonSchema(
+        {"x-kubernetes-preserve-unknown-fields": True, "description": "'latest', a backup id, or {before: TIME}"}
+    ),
+]
+
+
+class VolumeRestore(Schema):
+    name: VolumeName = Field(description="volume to restore into; created when missing")
+    overwrite: bool = Field(False, description="allow replacing the contents of an existing volume")
+
+
+class RestoreTarget(Schema):
+    from_: TargetName = Field(alias="from", description="the policy's target to restore")
+    volume: VolumeRestore | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_destination(self) -> RestoreTarget:
+        if self.volume is None:
+            raise ValueError("a restore target needs exactly one destination: volume")
+        return self
+
+
+class RestoreRequestSpec(Schema):
+    policy: ResourceName
+    backup: BackupSelector = "latest"
+    targets: list[RestoreTarget] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> RestoreRequestSpec:
+        froms = [t.from_ for t in self.targets]
+        for name in froms:
+            if froms.count(name) > 1:
+                raise ValueError(f"target {name!r} is restored twice")
+        return self
+
+
+RestorePhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class RestoreRequestStatus(Schema):
+    phase: RestorePhase = "Pending"
+    backup: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_seconds: float | None = None
+    message: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class RestoreRequest(Schema):
+    api_version: Literal["dockvault.io/v1alpha1"] = API_VERSION
+    kind: Literal["RestoreRequest"] = "RestoreRequest"
+    metadata: ObjectMeta
+    spec: RestoreRequestSpec
+    status: RestoreRequestStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def spec_hash(self) -> str:
+        """Identity of the request's intent: the same name with a changed spec runs again."""
+        canonical = json.dumps(self.spec.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
