@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BeforeValidator, Field, ValidationError, WithJsonSchema, model_validator
@@ -83,8 +82,8 @@ RestorePhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 class RestoreRequestStatus(Schema):
     phase: RestorePhase = "Pending"
     backup: str | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
+    started_at: AwareDatetime | None = None
+    completed_at: AwareDatetime | None = None
     duration_seconds: float | None = None
     message: str | None = None
     observed_generation: int | None = None

@@ -1,0 +1,15 @@
+"""Data sources: one module per kind of data, each with `kind`, `backup` and `restore`."""
+
+from __future__ import annotations
+
+from . import volume
+from .base import BackupContext, RestoreContext, RestoreRefused, Source, SourceError
+
+SOURCES: dict[str, Source] = {volume.kind: volume}
+
+
+def source_for(kind: str) -> Source:
+    return SOURCES[kind]
+
+
+__all__ = ["SOURCES", "BackupContext", "RestoreContext", "RestoreRefused", "Source", "SourceError", "source_for"]

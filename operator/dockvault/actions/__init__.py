@@ -1,0 +1,1 @@
+"""Actions orchestrate one job (a backup, a restore) across sources, storage and the engine."""

@@ -1,0 +1,110 @@
+"""Run one backup of a policy: every target into the repository, the manifest last, then retention."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .. import __version__
+from ..api.backup import Artifact, Backup, BackupSpec, BackupStatus
+from ..api.common import ObjectMeta
+from ..api.policy import BackupPolicy
+from ..controller.retention import RetentionPlan, plan_retention
+from ..engine.docker import Engine, EngineError, new_job_id
+from ..sources import BackupContext, SourceError, source_for
+from ..sources.base import Progress
+from ..storage.base import Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackupOutcome:
+    record: Backup
+    retention: RetentionPlan | None = None
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.record.succeeded
+
+
+def new_backup_id(now: datetime, taken: set[str]) -> str:
+    base = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    candidate, n = base, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def _record(policy: BackupPolicy, backup_id: str, trigger: str, status: BackupStatus) -> Backup:
+    return Backup(
+        metadata=ObjectMeta(name=f"{policy.name}-{backup_id.lower()}"),
+        spec=BackupSpec(policy=policy.name, id=backup_id, host=policy.spec.host, trigger=trigger),
+        status=status,
+    )
+
+
+def run_backup(
+    policy: BackupPolicy,
+    *,
+    engine: Engine,
+    repository: Repository,
+    trigger: str = "schedule",
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> BackupOutcome:
+    """Back up every target; any failure fails the whole backup, publishes no manifest and skips retention."""
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    taken = {b.id for b in repository.backups(policy.name)}
+    backup_id = new_backup_id(started, taken)
+    while True:
+        try:
+            writer = repository.begin(policy.name, backup_id)
+            break
+        except FileExistsError:  # a failed run of the same second left its folder behind
+            taken.add(backup_id)
+            backup_id = new_backup_id(started, taken)
+    ctx = BackupContext(policy=policy.name, backup_id=backup_id, job_id=new_job_id(), engine=engine,
+                        writer=writer, compression=policy.spec.compression, progress=progress, cancel=cancel)
+    artifacts: list[Artifact] = []
+    log.info("backup %s/%s started (%s)", policy.name, backup_id, trigger)
+    try:
+        for target in policy.spec.targets:
+            artifacts += source_for(target.source_kind).backup(target, ctx)
+    except (SourceError, EngineError, OSError, ValueError) as exc:
+        writer.abort()
+        message = f"target {target.name}: {exc}"
+        log.error("backup %s/%s failed: %s", policy.name, backup_id, message)
+        status = BackupStatus(phase="Failed", started_at=started, completed_at=datetime.now(UTC),
+                              duration_seconds=round(time.monotonic() - clock, 3), message=message,
+                              dockvault_version=__version__)
+        return BackupOutcome(_record(policy, backup_id, trigger, status))
+    except BaseException:
+        writer.abort()
+        raise
+    status = BackupStatus(phase="Succeeded", started_at=started, completed_at=datetime.now(UTC),
+                          duration_seconds=round(time.monotonic() - clock, 3), bytes=sum(a.bytes for a in artifacts),
+                          artifacts=artifacts, dockvault_version=__version__)
+    record = _record(policy, backup_id, trigger, status)
+    writer.commit(record)
+    log.info("backup %s/%s succeeded: %d bytes in %.1fs", policy.name, backup_id, status.bytes, status.duration_seconds)
+    plan, deleted = apply_retention(policy, repository)
+    return BackupOutcome(record, plan, deleted)
+
+
+def apply_retention(policy: BackupPolicy, repository: Repository) -> tuple[RetentionPlan, list[str]]:
+    """Delete what the plan says; call only right after a successful backup of `policy`."""
+    plan = plan_retention(repository.backups(policy.name), policy.spec.retention,
+                          now=datetime.now(UTC), tz=policy.spec.timezone)
+    deleted = []
+    for backup_id in plan.delete:
+        repository.delete(policy.name, backup_id)
+        deleted.append(backup_id)
+        log.info("retention %s: deleted backup %s", policy.name, backup_id)
+    return plan, deleted

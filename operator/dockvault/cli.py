@@ -1,0 +1,335 @@
+"""The `dockvault` command: validate, run, backup, get, describe, retention plan, crds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .api import BackupPolicy, load_paths
+from .controller.retention import plan_retention
+from .controller.status import policy_status
+from .engine.docker import DEFAULT_HELPER_IMAGE, Engine, EngineError
+from .frontends.standalone import Controller, load_config, repository_for
+from .frontends.state import StateStore
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative backups for Docker hosts.")
+get_app = typer.Typer(no_args_is_help=True, help="List policies, backups or restores.")
+retention_app = typer.Typer(no_args_is_help=True, help="Inspect retention.")
+describe_app = typer.Typer(no_args_is_help=True, help="Show one resource in detail.")
+app.add_typer(get_app, name="get")
+app.add_typer(retention_app, name="retention")
+app.add_typer(describe_app, name="describe")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/dockvault"
+    return str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "dockvault")
+
+
+ConfigDir = Annotated[Path, typer.Option("--config-dir", "-c", envvar="DOCKVAULT_CONFIG_DIR",
+                                         help="directory of BackupPolicy / RestoreRequest YAML files")]
+StateDir = Annotated[Path, typer.Option("--state-dir", envvar="DOCKVAULT_STATE_DIR", help="where the SQLite state lives")]
+HelperImage = Annotated[str, typer.Option("--helper-image", envvar="DOCKVAULT_HELPER_IMAGE",
+                                          help="image with GNU tar and sh for helper containers")]
+Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("docker").setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"dockvault {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True)] = None,
+) -> None:
+    """dockvault backs up Docker volumes on schedule, prunes safely and restores on request."""
+
+
+def _controller(config_dir: Path, state_dir: Path, helper_image: str, max_parallel: int = 2, host: str = "local") -> Controller:
+    return Controller(config_dir=config_dir, state=StateStore(state_dir),
+                      engine=lambda: Engine.from_env(helper_image=helper_image), max_parallel=max_parallel, host=host)
+
+
+def _policy(config_dir: Path, name: str) -> BackupPolicy:
+    config = load_config(config_dir)
+    policy = config.policy(name)
+    if policy is None:
+        problems = [str(e) for e in config.errors if e.name == name]
+        hint = ("; " + "; ".join(problems)) if problems else ""
+        raise _fail(f"no valid BackupPolicy {name!r} in {config_dir}{hint}")
+    return policy
+
+
+@app.command()
+def validate(paths: Annotated[list[Path], typer.Argument(help="YAML files or directories")]) -> None:
+    """Check resources; print every problem with file, resource and field, and exit non-zero on any."""
+    result = load_paths(paths)
+    for error in result.errors:
+        out.print(str(error), highlight=False, soft_wrap=True)
+    for item in result.items:
+        err.print(f"{item.file}: {item.resource.kind} {item.resource.metadata.name}: ok", highlight=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def crds(directory: Annotated[Path, typer.Option("--out", help="where to write the CRD files")] = Path("crds")) -> None:
+    """Regenerate the CustomResourceDefinitions from the models."""
+    from .api.crd import write_crds
+
+    for path in write_crds(directory):
+        out.print(str(path))
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: object) -> None:
+        logging.getLogger(__name__).warning("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+@app.command()
+def run(
+    config_dir: ConfigDir,
+    state_dir: StateDir = Path(_default_state_dir()),
+    once: Annotated[bool, typer.Option("--once", help="one reconcile pass, then exit (0 only if all succeeded)")] = False,
+    max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, help="jobs running at the same time")] = 2,
+    helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
+    host: Annotated[str, typer.Option("--host", help="run only policies whose spec.host is this")] = "local",
+    verbose: bool = False,
+) -> None:
+    """Reconcile the config directory: scheduled backups, retention and restore requests."""
+    _setup_logging(verbose)
+    controller = _controller(config_dir, state_dir, helper_image, max_parallel, host)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    watcher = threading.Thread(target=lambda: (stop.wait(), controller.cancel.set()), daemon=True)
+    watcher.start()
+    try:
+        if once:
+            ok = controller.run_once()
+            raise typer.Exit(0 if ok else 1)
+        controller.serve(stop)
+    except EngineError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        controller.shutdown()
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return str(n)
+
+
+def _age(when: str | datetime | None, now: datetime) -> str:
+    if when is None:
+        return "-"
+    moment = datetime.fromisoformat(when.replace("Z", "+00:00")) if isinstance(when, str) else when
+    seconds = int((now - moment).total_seconds())
+    if seconds < 0:
+        return "in " + _age(now, moment)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@app.command()
+def backup(
+    policy_name: Annotated[str, typer.Argument(metavar="POLICY")],
+    config_dir: ConfigDir,
+    state_dir: StateDir = Path(_default_state_dir()),
+    helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
+) -> None:
+    """Run one backup of POLICY now (with retention afterwards when it succeeds)."""
+    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    _setup_logging()
+    policy = _policy(config_dir, policy_name)
+    controller = _controller(config_dir, state_dir, helper_image)
+    prev = signal.signal(signal.SIGTERM, lambda *_: controller.cancel.set())
+    try:
+        if err.is_terminal:
+            columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), DownloadColumn(), TransferSpeedColumn(),
+                       TimeElapsedColumn())
+            with Progress(*columns, console=err, transient=True) as bar:
+                task = bar.add_task(f"backup {policy.name}", total=None)
+                outcome = controller.backup(policy, trigger="manual", progress=lambda n: bar.advance(task, n))
+        else:
+            outcome = controller.backup(policy, trigger="manual")
+    except EngineError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        controller.cancel.set()
+        raise _fail("interrupted", 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+        controller.shutdown()
+    st = outcome.record.status
+    if not outcome.succeeded:
+        raise _fail(f"backup {policy.name}/{outcome.record.id} failed: {st.message}")
+    out.print(f"backup {policy.name}/{outcome.record.id} succeeded: {_human(st.bytes)} in {st.duration_seconds:.1f}s",
+              highlight=False)
+    for artifact in st.artifacts:
+        out.print(f"  {artifact.file}  {_human(artifact.bytes)}  sha256:{artifact.sha256}", highlight=False)
+    if outcome.deleted:
+        out.print(f"retention deleted: {', '.join(outcome.deleted)}", highlight=False)
+
+
+def _emit(rows: list[dict], columns: list[str], output: str) -> None:
+    if output == "json":
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "-") if row.get(c) is not None else "-") for c in columns))
+    out.print(table, width=None if out.is_terminal else 1000, crop=False)
+
+
+def _policy_rows(config_dir: Path, state: StateStore, now: datetime) -> list[dict]:
+    rows = []
+    config = load_config(config_dir)
+    for name, item in sorted(config.policies.items()):
+        policy: BackupPolicy = item.resource  # type: ignore[assignment]
+        backups = repository_for(policy).backups(name)
+        status = policy_status(policy, backups, state.last_attempt(name), now=now)
+        ready = status.conditions[0]
+        last_ok = status.last_successful_backup
+        rows.append({
+            "NAME": name, "READY": ready.status, "REASON": ready.reason,
+            "LAST SUCCESS": _age(last_ok.completed_at, now) if last_ok else None,
+            "LAST BACKUP": f"{status.last_backup.id} {status.last_backup.phase}" if status.last_backup else None,
+            "NEXT RUN": _age(status.next_backup_at, now) if status.next_backup_at else None,
+            "BACKUPS": status.backups, "FILE": item.file,
+            "status": status.to_dict(),
+        })
+    for error in config.errors:
+        if error.kind == "BackupPolicy":
+            rows.append({"NAME": error.name or "?", "READY": "False", "REASON": "InvalidSpec", "FILE": error.file,
+                         "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
+                                                    "message": str(error)}]}})
+    return rows
+
+
+@get_app.command("policies")
+def get_policies(config_dir: ConfigDir, state_dir: StateDir = Path(_default_state_dir()), output: Output = "table") -> None:
+    """NAME, READY, LAST SUCCESS, NEXT RUN, BACKUPS for every policy."""
+    rows = _policy_rows(config_dir, StateStore(state_dir), datetime.now(UTC))
+    columns = ["NAME", "READY", "REASON", "LAST SUCCESS", "LAST BACKUP", "NEXT RUN", "BACKUPS"]
+    _emit(rows if output != "table" else [{k: v for k, v in r.items() if k != "status"} for r in rows], columns, output)
+
+
+@get_app.command("backups")
+def get_backups(
+    config_dir: ConfigDir,
+    policy_name: Annotated[Optional[str], typer.Option("--policy", "-p")] = None,
+    output: Output = "table",
+) -> None:
+    """Every complete backup in the policies' repositories, read from the manifests."""
+    now = datetime.now(UTC)
+    rows = []
+    for name, item in sorted(load_config(config_dir).policies.items()):
+        if policy_name and name != policy_name:
+            continue
+        for record in repository_for(item.resource).backups(name):  # type: ignore[arg-type]
+            st = record.status
+            row = {"POLICY": name, "ID": record.id, "PHASE": st.phase, "TRIGGER": record.spec.trigger,
+                   "SIZE": _human(st.bytes), "DURATION": f"{st.duration_seconds:.1f}s", "AGE": _age(st.completed_at, now),
+                   "TARGETS": ",".join(a.target for a in st.artifacts)}
+            rows.append(row if output == "table" else record.to_dict())
+    _emit(rows, ["POLICY", "ID", "PHASE", "TRIGGER", "SIZE", "DURATION", "AGE", "TARGETS"], output)
+
+
+@get_app.command("restores")
+def get_restores(config_dir: ConfigDir, state_dir: StateDir = Path(_default_state_dir()), output: Output = "table") -> None:
+    """Every RestoreRequest in the config directory with its recorded outcome."""
+    state = StateStore(state_dir)
+    now = datetime.now(UTC)
+    rows = []
+    for name, item in sorted(load_config(config_dir).restores.items()):
+        request = item.resource
+        status = state.restore_status(request.name, request.spec_hash)  # type: ignore[union-attr]
+        phase = status.phase if status else "Pending"
+        rows.append({"NAME": name, "POLICY": request.spec.policy, "PHASE": phase,  # type: ignore[union-attr]
+                     "BACKUP": status.backup if status else None,
+                     "DURATION": f"{status.duration_seconds:.1f}s" if status and status.duration_seconds else None,
+                     "AGE": _age(status.completed_at, now) if status and status.completed_at else None,
+                     "MESSAGE": status.message if status else None,
+                     "status": status.to_dict() if status else {"phase": "Pending"}})
+    _emit(rows if output != "table" else [{k: v for k, v in r.items() if k != "status"} for r in rows],
+          ["NAME", "POLICY", "PHASE", "BACKUP", "DURATION", "AGE", "MESSAGE"], output)
+
+
+@describe_app.command("policy")
+def describe_policy(name: str, config_dir: ConfigDir, state_dir: StateDir = Path(_default_state_dir())) -> None:
+    """The policy's spec, computed status and recent runs."""
+    import yaml
+
+    policy = _policy(config_dir, name)
+    state = StateStore(state_dir)
+    now = datetime.now(UTC)
+    status = policy_status(policy, repository_for(policy).backups(name), state.last_attempt(name), now=now)
+    document = policy.model_copy(update={"status": status}).to_dict()
+    out.print(yaml.safe_dump(document, sort_keys=False), highlight=False)
+    out.print("Recent runs:", style="bold")
+    for backup_id, phase, started, message in state.attempts(name)[-10:]:
+        out.print(f"  {backup_id}  {phase:<9}  {started}  {message or ''}", highlight=False)
+
+
+@retention_app.command("plan")
+def retention_plan(
+    policy_name: Annotated[str, typer.Argument(metavar="POLICY")], config_dir: ConfigDir, output: Output = "table"
+) -> None:
+    """What retention would keep and delete now, with the reasons; deletes nothing."""
+    policy = _policy(config_dir, policy_name)
+    backups = repository_for(policy).backups(policy.name)
+    plan = plan_retention(backups, policy.spec.retention, now=datetime.now(UTC), tz=policy.spec.timezone)
+    rows = [{"BACKUP": d.backup_id, "ACTION": "keep" if d.keep else "delete", "REASONS": ", ".join(d.reasons)}
+            for d in plan.decisions]
+    _emit(rows, ["BACKUP", "ACTION", "REASONS"], output)
+    if output == "table":
+        out.print(f"{len(plan.keep)} to keep, {len(plan.delete)} to delete", highlight=False)
+
+
+def main() -> None:
+    app()

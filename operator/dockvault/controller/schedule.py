@@ -1,0 +1,43 @@
+"""When a policy's next backup is due: cron in the policy's time zone, missed runs collapsed into one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from ..api.policy import BackupPolicySpec
+
+
+def next_run(schedule: str, timezone: str, after: datetime) -> datetime:
+    """The first cron slot strictly after `after`, as an aware UTC time."""
+    local = after.astimezone(ZoneInfo(timezone))
+    return croniter(schedule, local).get_next(datetime).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Due:
+    due: bool
+    reason: str
+    next_at: datetime | None  # the slot this decision is about; None when the policy never runs by itself
+
+
+def backup_due(spec: BackupPolicySpec, *, last_attempt: datetime | None, now: datetime) -> Due:
+    """Is a scheduled backup due at `now`, given when the last one (of any outcome) started?
+
+    A policy that never ran is due at once: until its first backup, its data has no protection at all.
+    After downtime, every slot missed since the last attempt collapses into one run now.
+    """
+    if spec.suspend:
+        return Due(False, "suspended", None)
+    if spec.schedule is None:
+        return Due(False, "no schedule (manual only)", None)
+    if last_attempt is None:
+        return Due(True, "no backup yet", now)
+    slot = next_run(spec.schedule, spec.timezone, last_attempt)
+    if slot <= now:
+        missed = "" if next_run(spec.schedule, spec.timezone, slot) > now else " (missed slots collapsed into one run)"
+        return Due(True, f"scheduled for {slot.isoformat()}{missed}", slot)
+    return Due(False, "waiting", slot)

@@ -1,0 +1,246 @@
+"""Standalone mode: resources from a directory of YAML files, status in a local SQLite store.
+
+The directory is watched; added, changed and removed files apply without restart. A bad file is
+reported and skipped, and every other policy keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..actions.backup import BackupOutcome, run_backup
+from ..actions.restore import RestoreOutcome, run_restore
+from ..api import BackupPolicy, RestoreRequest, RestoreRequestStatus
+from ..api.loader import Loaded, ResourceError, load_paths
+from ..controller.schedule import backup_due
+from ..controller.status import Attempt
+from ..engine.docker import Engine
+from ..sources.base import Progress
+from ..storage.local import LocalRepository
+from .state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Config:
+    policies: dict[str, Loaded] = field(default_factory=dict)
+    restores: dict[str, Loaded] = field(default_factory=dict)
+    errors: list[ResourceError] = field(default_factory=list)
+
+    def policy(self, name: str) -> BackupPolicy | None:
+        item = self.policies.get(name)
+        return item.resource if item else None  # type: ignore[return-value]
+
+
+def load_config(config_dir: Path, *, host: str | None = None) -> Config:
+    """Every resource in the directory; duplicates and foreign kinds become errors naming both files."""
+    loaded = load_paths([config_dir])
+    config = Config(errors=list(loaded.errors))
+    for item in loaded.items:
+        resource = item.resource
+        if isinstance(resource, BackupPolicy):
+            if host is not None and resource.spec.host != host:
+                continue
+            table = config.policies
+        elif isinstance(resource, RestoreRequest):
+            table = config.restores
+        else:
+            config.errors.append(ResourceError(item.file, resource.kind, resource.metadata.name, "kind",
+                                               "Backup records live in the repository, not in the config directory"))
+            continue
+        if resource.name in table:
+            config.errors.append(ResourceError(item.file, resource.kind, resource.name, "metadata.name",
+                                               f"duplicate name; already defined in {table[resource.name].file}"))
+            continue
+        table[resource.name] = item
+    return config
+
+
+def repository_for(policy: BackupPolicy) -> LocalRepository:
+    assert policy.spec.storage.local is not None
+    return LocalRepository(policy.spec.storage.local.path)
+
+
+class Controller:
+    """Runs due backups and pending restores of one config directory, at most one job per policy at a time."""
+
+    def __init__(
+        self,
+        *,
+        config_dir: Path,
+        state: StateStore,
+        engine: Callable[[], Engine],
+        max_parallel: int = 2,
+        host: str = "local",
+    ) -> None:
+        self.config_dir = Path(config_dir)
+        self.state = state
+        self._engine_factory = engine
+        self._engine: Engine | None = None
+        self.host = host
+        self.pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="job")
+        self.cancel = threading.Event()
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+        self.config = Config()
+        self._seen_errors: set[str] = set()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._engine_factory()
+        return self._engine
+
+    # --- configuration -------------------------------------------------------------------------
+    def reload(self) -> Config:
+        old = self.config
+        self.config = new = load_config(self.config_dir, host=self.host)
+        messages = {str(e) for e in new.errors}
+        for message in sorted(messages - self._seen_errors):
+            log.error("invalid resource, skipped: %s", message)
+        self._seen_errors = messages
+        for kind, before, after in (("policy", old.policies, new.policies), ("restore", old.restores, new.restores)):
+            for name in sorted(after.keys() - before.keys()):
+                log.info("%s %s added (%s)", kind, name, after[name].file)
+            for name in sorted(before.keys() - after.keys()):
+                log.info("%s %s removed", kind, name)
+            for name in sorted(after.keys() & before.keys()):
+                if after[name].resource != before[name].resource:
+                    log.info("%s %s changed (%s)", kind, name, after[name].file)
+        return new
+
+    def startup(self) -> None:
+        """Recover from a crash: remove leftover helpers and temporaries, rebuild state from the repositories."""
+        self.reload()
+        removed = self.engine.remove_leftovers()
+        if removed:
+            log.warning("removed %d leftover helper container(s): %s", len(removed), ", ".join(removed))
+        roots = {}
+        for item in self.config.policies.values():
+            roots[item.resource.spec.storage.local.path] = item.resource  # type: ignore[union-attr]
+        for policy in roots.values():
+            for path in repository_for(policy).clean_temporaries():
+                log.warning("removed incomplete backup data %s", path)
+        for name, item in self.config.policies.items():
+            self.state.sync_backups(name, repository_for(item.resource).backups(name))  # type: ignore[arg-type]
+        self.state.fail_interrupted_restores()
+
+    # --- jobs ----------------------------------------------------------------------------------
+    def _claim(self, policy: str) -> bool:
+        with self._lock:
+            if policy in self._busy:
+                return False
+            self._busy.add(policy)
+            return True
+
+    def _release(self, policy: str) -> None:
+        with self._lock:
+            self._busy.discard(policy)
+
+    def backup(self, policy: BackupPolicy, *, trigger: str, progress: Progress | None = None) -> BackupOutcome:
+        started = now_utc()
+        self.state.record_attempt(policy.name, Attempt("pending", "Running", started, trigger=trigger))
+        try:
+            outcome = run_backup(policy, engine=self.engine, repository=repository_for(policy), trigger=trigger,
+                                 progress=progress, cancel=self.cancel)
+        finally:
+            self.state.forget_attempt(policy.name, "pending")
+        st = outcome.record.status
+        self.state.record_attempt(policy.name, Attempt(outcome.record.id, st.phase, st.started_at, st.completed_at,
+                                                       st.bytes, st.message, trigger))
+        return outcome
+
+    def restore(self, request: RestoreRequest, policy: BackupPolicy) -> RestoreOutcome:
+        running = RestoreRequestStatus(phase="Running", started_at=now_utc())
+        self.state.record_restore(request.name, request.spec_hash, policy.name, running, now_utc())
+        outcome = run_restore(request, policy, engine=self.engine, repository=repository_for(policy), cancel=self.cancel)
+        self.state.record_restore(request.name, request.spec_hash, policy.name, outcome.status, now_utc())
+        return outcome
+
+    def pending_restores(self) -> list[RestoreRequest]:
+        pending = []
+        for item in self.config.restores.values():
+            request: RestoreRequest = item.resource  # type: ignore[assignment]
+            if self.state.restore_status(request.name, request.spec_hash) is None:
+                pending.append(request)
+        return pending
+
+    def due_backups(self, now: datetime) -> list[BackupPolicy]:
+        due = []
+        for item in self.config.policies.values():
+            policy: BackupPolicy = item.resource  # type: ignore[assignment]
+            last = self.state.last_attempt(policy.name)
+            if backup_due(policy.spec, last_attempt=last.started_at if last else None, now=now).due:
+                due.append(policy)
+        return due
+
+    def _submit(self, key: str, work: Callable[[], object]) -> Future | None:
+        if not self._claim(key):
+            return None
+
+        def run() -> object:
+            try:
+                return work()
+            finally:
+                self._release(key)
+
+        return self.pool.submit(run)
+
+    def dispatch(self, now: datetime) -> list[tuple[str, Future]]:
+        """Start every due backup and pending restore whose policy is idle."""
+        started: list[tuple[str, Future]] = []
+        for policy in self.due_backups(now):
+            future = self._submit(policy.name, lambda p=policy: self.backup(p, trigger="schedule"))
+            if future:
+                started.append((f"backup {policy.name}", future))
+        for request in self.pending_restores():
+            policy = self.config.policy(request.spec.policy)
+            if policy is None:
+                if f"restore:{request.name}" not in self._seen_errors:
+                    log.error("restore %s waits: policy %r is not loaded", request.name, request.spec.policy)
+                    self._seen_errors.add(f"restore:{request.name}")
+                continue
+            future = self._submit(policy.name, lambda r=request, p=policy: self.restore(r, p))
+            if future:
+                started.append((f"restore {request.name}", future))
+        return started
+
+    def run_once(self) -> bool:
+        """One reconcile pass; True only when the config was valid and every job succeeded."""
+        self.startup()
+        ok = not self.config.errors
+        for request in self.pending_restores():
+            if self.config.policy(request.spec.policy) is None:
+                log.error("restore %s: policy %r is not loaded", request.name, request.spec.policy)
+                ok = False
+        for label, future in self.dispatch(now_utc()):
+            outcome = future.result()
+            if not outcome.succeeded:
+                log.error("%s failed", label)
+                ok = False
+        return ok
+
+    def serve(self, stop: threading.Event, *, tick: float = 1.0) -> None:
+        from watchfiles import watch
+
+        self.startup()
+        self.dispatch(now_utc())
+        for changes in watch(self.config_dir, stop_event=stop, yield_on_timeout=True, rust_timeout=int(tick * 1000)):
+            if changes:
+                self.reload()
+            self.dispatch(now_utc())
+
+    def shutdown(self) -> None:
+        self.cancel.set()
+        self.pool.shutdown(wait=True)

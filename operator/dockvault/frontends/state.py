@@ -1,0 +1,102 @@
+"""The standalone state store: run history and restore outcomes in SQLite.
+
+It is a cache, never the truth: successful runs are rebuilt from the repository's manifests at start-up;
+only failed runs and restore outcomes live here alone, and losing them loses history, not data.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+from ..api.backup import Backup
+from ..api.restore import RestoreRequestStatus
+from ..controller.status import Attempt
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS attempts (
+  policy TEXT NOT NULL, backup_id TEXT NOT NULL, phase TEXT NOT NULL, trigger TEXT NOT NULL,
+  started_at TEXT NOT NULL, completed_at TEXT, bytes INTEGER, message TEXT,
+  PRIMARY KEY (policy, backup_id));
+CREATE TABLE IF NOT EXISTS restores (
+  name TEXT NOT NULL, spec_hash TEXT NOT NULL, policy TEXT NOT NULL, status TEXT NOT NULL, recorded_at TEXT NOT NULL,
+  PRIMARY KEY (name, spec_hash));
+"""
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class StateStore:
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.directory / "state.db", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _run(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    # --- backup attempts ---------------------------------------------------------------------
+    def record_attempt(self, policy: str, attempt: Attempt) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?)",
+            (policy, attempt.backup_id, attempt.phase, attempt.trigger, attempt.started_at.isoformat(),
+             attempt.completed_at.isoformat() if attempt.completed_at else None, attempt.bytes, attempt.message),
+        )
+
+    def last_attempt(self, policy: str) -> Attempt | None:
+        rows = self._run(
+            "SELECT backup_id, phase, started_at, completed_at, bytes, message, trigger FROM attempts "
+            "WHERE policy=? ORDER BY started_at DESC, backup_id DESC LIMIT 1", (policy,))
+        if not rows:
+            return None
+        bid, phase, started, completed, size, message, trigger = rows[0]
+        return Attempt(bid, phase, _dt(started), _dt(completed), size, message, trigger)
+
+    def attempts(self, policy: str) -> list[tuple[str, str, str, str | None]]:
+        return self._run("SELECT backup_id, phase, started_at, message FROM attempts WHERE policy=? ORDER BY started_at",
+                         (policy,))
+
+    def sync_backups(self, policy: str, backups: Iterable[Backup]) -> None:
+        """Rebuild successful runs from manifests; runs interrupted by a crash are marked failed."""
+        for backup in backups:
+            st = backup.status
+            self.record_attempt(policy, Attempt(backup.id, st.phase, st.started_at, st.completed_at, st.bytes, None,
+                                                backup.spec.trigger))
+        self._run("UPDATE attempts SET phase='Failed', message='interrupted: dockvault stopped during the backup' "
+                  "WHERE policy=? AND phase='Running'", (policy,))
+
+    # --- restores ----------------------------------------------------------------------------
+    def restore_status(self, name: str, spec_hash: str) -> RestoreRequestStatus | None:
+        rows = self._run("SELECT status FROM restores WHERE name=? AND spec_hash=?", (name, spec_hash))
+        return RestoreRequestStatus.model_validate_json(rows[0][0]) if rows else None
+
+    def record_restore(self, name: str, spec_hash: str, policy: str, status: RestoreRequestStatus, now: datetime) -> None:
+        self._run("INSERT OR REPLACE INTO restores VALUES (?,?,?,?,?)",
+                  (name, spec_hash, policy, status.model_dump_json(by_alias=True, exclude_none=True), now.isoformat()))
+
+    def forget_attempt(self, policy: str, backup_id: str) -> None:
+        self._run("DELETE FROM attempts WHERE policy=? AND backup_id=?", (policy, backup_id))
+
+    def fail_interrupted_restores(self) -> None:
+        for name, spec_hash, policy, raw in self._run("SELECT name, spec_hash, policy, status FROM restores"):
+            status = RestoreRequestStatus.model_validate_json(raw)
+            if status.phase == "Running":
+                failed = status.model_copy(update={"phase": "Failed", "message": "interrupted: dockvault stopped during the restore"})
+                self._run("UPDATE restores SET status=? WHERE name=? AND spec_hash=?",
+                          (failed.model_dump_json(by_alias=True, exclude_none=True), name, spec_hash))
+
+    def restores(self) -> list[tuple[str, str, str, RestoreRequestStatus]]:
+        rows = self._run("SELECT name, spec_hash, policy, status FROM restores ORDER BY recorded_at")
+        return [(n, h, p, RestoreRequestStatus.model_validate_json(s)) for n, h, p, s in rows]

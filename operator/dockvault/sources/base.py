@@ -1,0 +1,107 @@
+"""The interface every data source implements, and the publishing step they all share."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from ..api.backup import Artifact
+from ..api.policy import BackupTarget, CompressionSpec
+from ..api.restore import RestoreTarget
+from ..engine.docker import Engine, job_labels
+from ..storage.base import BackupWriter
+from ..storage.codec import SUFFIXES, CompressingWriter
+
+Progress = Callable[[int], None]
+
+
+class SourceError(RuntimeError):
+    """A target could not be backed up or restored; the message is meant for the user."""
+
+
+class Cancelled(SourceError):
+    """dockvault is shutting down; the job stops at the next chunk and cleans up after itself."""
+
+
+class RestoreRefused(SourceError):
+    """The restore would touch data the request did not allow it to touch."""
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled: dockvault is shutting down")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class BackupContext:
+    policy: str
+    backup_id: str
+    job_id: str
+    engine: Engine
+    writer: BackupWriter
+    compression: CompressionSpec
+    progress: Progress | None = None
+    cancel: threading.Event | None = None
+
+    def labels(self, target: str) -> dict[str, str]:
+        return job_labels(policy=self.policy, target=target, job=self.job_id)
+
+    def publish(
+        self, *, target: str, source: str, base_name: str, chunks: Iterable[bytes], details: dict[str, str]
+    ) -> Artifact:
+        """Compress `chunks` into an artifact and publish it atomically once the stream ended cleanly."""
+        started = _now()
+        name = base_name + SUFFIXES[self.compression.algorithm]
+        with contextlib.closing(iter(chunks)) as stream, self.writer.artifact(name) as out:
+            sink = CompressingWriter(out, self.compression)
+            for chunk in stream:
+                check_cancel(self.cancel)
+                sink.write(chunk)
+                if self.progress:
+                    self.progress(len(chunk))
+            sink.close()
+        return Artifact(
+            target=target,
+            source=source,
+            file=name,
+            bytes=sink.bytes,
+            raw_bytes=sink.raw_bytes,
+            sha256=sink.sha256,
+            compression=self.compression.algorithm,
+            level=self.compression.effective_level,
+            started_at=started,
+            completed_at=_now(),
+            details=details,
+        )
+
+
+@dataclass
+class RestoreContext:
+    policy: str
+    request: str
+    job_id: str
+    engine: Engine
+    notes: list[str] = field(default_factory=list)
+    cancel: threading.Event | None = None
+
+    def labels(self, target: str) -> dict[str, str]:
+        return job_labels(policy=self.policy, target=target, job=self.job_id)
+
+
+class Source(Protocol):
+    """One kind of data (volume, postgres, ...): how to back a target up and how to put it back."""
+
+    kind: str
+
+    def backup(self, target: BackupTarget, ctx: BackupContext) -> list[Artifact]: ...
+
+    def restore(self, artifact: Artifact, chunks: Iterable[bytes], destination: RestoreTarget, ctx: RestoreContext) -> None:
+        """Restore from the decompressed, checksum-verified stream of `artifact`."""

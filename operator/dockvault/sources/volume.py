@@ -1,0 +1,123 @@
+"""Docker volumes: archived with tar by a read-only helper container, restored through a staging folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from ..api.backup import Artifact
+from ..api.policy import BackupTarget
+from ..api.restore import RestoreTarget
+from ..engine.docker import Engine, Helper
+from ..engine.fifo import PeerGone
+from ..engine.quiesce import quiesced
+from .base import BackupContext, RestoreContext, RestoreRefused, SourceError, check_cancel
+from .tarcheck import checked_tar
+
+kind = "volume"
+
+SOURCE_MOUNT = "/source"
+TARGET_MOUNT = "/target"
+# POSIX (pax) format keeps sub-second mtimes and long names without GNU extensions; atime/ctime are noise.
+TAR_CREATE = ["tar", "--create", "--file", "/dockvault/stream", "--format=posix", "--pax-option=delete=atime,delete=ctime",
+              "--numeric-owner", "--directory", SOURCE_MOUNT, "."]
+# GNU tar exits 1 when a file changed while it was read: the archive is complete, the file may be torn.
+TAR_CHANGED = 1
+
+# Extract into a staging folder inside the volume, then swap it in only when dockvault says "commit",
+# so a refused or broken archive never replaces what the volume held.
+RESTORE_SCRIPT = r"""
+set -eu
+stage="/target/$1"
+trap 'rm -rf -- "$stage"' EXIT
+mkdir -- "$stage"
+tar --extract --read-full-records --file /dockvault/stream --directory "$stage" --numeric-owner --same-owner --same-permissions
+read -r decision < /dockvault/control
+[ "$decision" = commit ] || exit 3
+touch -r "$stage" /tmp/.dockvault-mtime
+find /target -mindepth 1 -maxdepth 1 ! -path "$stage" -exec rm -rf -- {} +
+find "$stage" -mindepth 1 -maxdepth 1 -exec mv -t /target -- {} +
+chown --reference="$stage" /target
+chmod --reference="$stage" /target
+rmdir -- "$stage"
+trap - EXIT
+touch -r /tmp/.dockvault-mtime /target
+"""
+
+
+def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], notes: list[str]) -> Iterator[bytes]:
+    if not engine.volume_exists(volume):
+        raise SourceError(f"volume {volume!r} does not exist on the Docker host")
+    with quiesced(engine, volume, quiesce):
+        with engine.helper(TAR_CREATE, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels, pipes=("stream",)) as helper:
+            try:
+                yield from helper.read("stream")
+            except PeerGone:
+                pass  # the exit code below says why
+            result = helper.wait()
+    if result.exit_code == TAR_CHANGED:
+        notes.append(f"files changed while volume {volume} was archived (consider quiesce: stop): {result.stderr}")
+    elif result.exit_code != 0:
+        raise SourceError(f"tar of volume {volume!r} failed with exit code {result.exit_code}: {result.stderr}")
+
+
+def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
+    spec = target.volume
+    assert spec is not None
+    notes: list[str] = []
+    details = {"volume": spec.name, "quiesce": spec.quiesce, "helperImage": ctx.engine.helper_image,
+               "helperImageId": ctx.engine.helper_image_id(), "format": "tar (POSIX pax)"}
+    chunks = _archive(ctx.engine, spec.name, spec.quiesce, ctx.labels(target.name), notes)
+    artifact = ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.tar", chunks=chunks, details=details)
+    if notes:
+        artifact = artifact.model_copy(update={"details": {**artifact.details, "warning": "; ".join(notes)[:500]}})
+    return [artifact]
+
+
+def _abort(helper: Helper) -> None:
+    try:
+        with helper.writer("control") as control:
+            control.write(b"abort\n")
+    except (PeerGone, OSError):
+        pass  # the helper is gone already; its trap removed the staging folder
+
+
+def restore(artifact: Artifact, chunks: Iterable[bytes], destination: RestoreTarget, ctx: RestoreContext) -> None:
+    spec = destination.volume
+    assert spec is not None
+    engine = ctx.engine
+    existed = engine.volume_exists(spec.name)
+    if existed and not spec.overwrite:
+        raise RestoreRefused(f"volume {spec.name!r} already exists; set overwrite: true to replace its contents")
+    if existed:
+        running = [c.name for c in engine.containers_using(spec.name) if c.status in ("running", "paused")]
+        if running:
+            raise RestoreRefused(f"volume {spec.name!r} is in use by running containers {', '.join(running)}; stop them first")
+    else:
+        engine.create_volume(spec.name, ctx.labels(destination.from_))
+    stage = f".dockvault-restore-{ctx.job_id}"
+    try:
+        with engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", stage], volume=spec.name, mount=TARGET_MOUNT,
+                           read_only=False, labels=ctx.labels(destination.from_), pipes=("stream", "control")) as helper:
+            try:
+                with helper.writer("stream") as out:
+                    for block in checked_tar(chunks):
+                        check_cancel(ctx.cancel)
+                        out.write(block)
+                with helper.writer("control") as control:
+                    control.write(b"commit\n")
+            except PeerGone:
+                pass  # tar failed; its exit code and message follow
+            except BrokenPipeError:
+                pass
+            except BaseException:
+                _abort(helper)
+                raise
+            result = helper.wait()
+        if result.exit_code != 0:
+            raise SourceError(f"extracting into volume {spec.name!r} failed (exit {result.exit_code}): {result.stderr}")
+    except BaseException:
+        if not existed:
+            engine.remove_volume(spec.name)
+        raise
+    if not existed:
+        ctx.notes.append(f"created volume {spec.name}")

@@ -1,0 +1,46 @@
+"""The storage interface every backend implements: a repository of backups, each a folder of artifacts plus a manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import BinaryIO, Protocol
+
+from ..api.backup import Backup
+
+MANIFEST = "manifest.json"
+TEMP_SUFFIX = ".dvtmp"
+
+
+class BackupWriter(Protocol):
+    """One backup being written; nothing in it counts until `commit` publishes the manifest."""
+
+    backup_id: str
+
+    def artifact(self, name: str) -> AbstractContextManager[BinaryIO]:
+        """A file published atomically under `name` when the block ends without error."""
+
+    def commit(self, record: Backup) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Repository(Protocol):
+    location: str
+
+    def begin(self, policy: str, backup_id: str) -> BackupWriter: ...
+
+    def backups(self, policy: str) -> list[Backup]:
+        """Complete backups (manifest present), oldest first."""
+
+    def policies(self) -> list[str]: ...
+
+    def open_artifact(self, policy: str, backup_id: str, name: str) -> BinaryIO: ...
+
+    def delete(self, policy: str, backup_id: str) -> None: ...
+
+    def clean_temporaries(self) -> list[str]: ...
+
+
+def manifest_chunks(record: Backup) -> Iterator[bytes]:
+    yield record.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode() + b"\n"

@@ -1,0 +1,130 @@
+"""A repository in a local directory: <root>/<policy>/<backup-id>/<artifact>, manifest.json written last."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import ValidationError
+
+from ..api.backup import Backup
+from .base import MANIFEST, TEMP_SUFFIX, manifest_chunks
+
+log = logging.getLogger(__name__)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Write to a temporary name, fsync, then rename into place; on error the temporary is removed."""
+    tmp = path.with_name(path.name + TEMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class LocalBackupWriter:
+    def __init__(self, folder: Path, backup_id: str) -> None:
+        self.folder = folder
+        self.backup_id = backup_id
+
+    def artifact(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        if "/" in name or name in (MANIFEST, "", ".", ".."):
+            raise ValueError(f"invalid artifact name {name!r}")
+        return atomic_file(self.folder / name)
+
+    def commit(self, record: Backup) -> None:
+        with atomic_file(self.folder / MANIFEST) as out:
+            for chunk in manifest_chunks(record):
+                out.write(chunk)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class LocalRepository:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.location = str(self.root)
+
+    def _folder(self, policy: str, backup_id: str) -> Path:
+        return self.root / policy / backup_id
+
+    def begin(self, policy: str, backup_id: str) -> LocalBackupWriter:
+        folder = self._folder(policy, backup_id)
+        folder.mkdir(parents=True, exist_ok=False)
+        _fsync_dir(folder.parent)
+        return LocalBackupWriter(folder, backup_id)
+
+    def exists(self, policy: str, backup_id: str) -> bool:
+        return self._folder(policy, backup_id).exists()
+
+    def policies(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def backups(self, policy: str) -> list[Backup]:
+        folder = self.root / policy
+        if not folder.is_dir():
+            return []
+        found = []
+        for entry in sorted(folder.iterdir()):
+            manifest = entry / MANIFEST
+            if not manifest.is_file():
+                continue  # in progress, failed or half-deleted: not a backup
+            try:
+                found.append(Backup.model_validate(json.loads(manifest.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, ValidationError) as exc:
+                log.error("%s: unreadable manifest, ignored: %s", manifest, exc)
+        return found
+
+    def open_artifact(self, policy: str, backup_id: str, name: str) -> BinaryIO:
+        return open(self._folder(policy, backup_id) / name, "rb")
+
+    def artifact_path(self, policy: str, backup_id: str, name: str) -> Path:
+        return self._folder(policy, backup_id) / name
+
+    def delete(self, policy: str, backup_id: str) -> None:
+        """Remove the manifest first, so a deletion cut short never leaves a backup that looks complete."""
+        folder = self._folder(policy, backup_id)
+        (folder / MANIFEST).unlink(missing_ok=True)
+        _fsync_dir(folder)
+        shutil.rmtree(folder)
+
+    def clean_temporaries(self) -> list[str]:
+        """Remove temporaries and folders without a manifest; call only when no backup is running."""
+        removed = []
+        for policy in self.policies():
+            for entry in sorted((self.root / policy).iterdir()):
+                if entry.name.endswith(TEMP_SUFFIX):
+                    entry.unlink(missing_ok=True) if entry.is_file() else shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(str(entry))
+                elif entry.is_dir() and not (entry / MANIFEST).exists():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(str(entry))
+                elif entry.is_dir():
+                    for tmp in entry.glob("*" + TEMP_SUFFIX):
+                        tmp.unlink(missing_ok=True)
+                        removed.append(str(tmp))
+        return removed
