@@ -51,6 +51,7 @@ TMP=""            # private temp dir (short path: unix socket length limit)
 DOCKERD_PID=""
 CHILD_PID=""
 SIGNAL=""         # INT or TERM once one was received
+PARTIAL=""        # rootfs tarball being written
 CLEANED=0
 
 alive() {  # pid -> true while the process exists and is not a zombie
@@ -118,7 +119,7 @@ container_procs() {  # pids still in a cgroup of one of our containers
     return 0
 }
 
-stop_command() {  # after a signal: let COMMAND end, then make it
+stop_command() {  # after a signal: let COMMAND (or the build) end, then make it
     [[ -n $CHILD_PID ]] && alive "$CHILD_PID" || return 0
     local pids
     pids="$CHILD_PID $(descendants "$CHILD_PID")"
@@ -160,7 +161,7 @@ stop_dockerd() {
     # their own (found by the temp dir on their command line).
     left=$(container_procs)
     if [[ -n $left ]]; then
-        log "killing leftover container processes: $(echo $left)"
+        log "killing leftover container processes: ${left//$'\n'/ }"
         # shellcheck disable=SC2086
         kill -KILL $left 2>/dev/null || true
         # shellcheck disable=SC2086
@@ -168,13 +169,13 @@ stop_dockerd() {
     fi
     left=$(procs_in_tmp)
     if [[ -n $left ]]; then
-        log "stopping leftover processes: $(echo $left)"
+        log "stopping leftover processes: ${left//$'\n'/ }"
         # shellcheck disable=SC2086
         kill -TERM $left 2>/dev/null || true
         # shellcheck disable=SC2086
         wait_gone 10 $left || kill -KILL $left 2>/dev/null || true
         # shellcheck disable=SC2086
-        wait_gone 5 $left || log "WARNING: still running: $(echo $left)"
+        wait_gone 5 $left || log "WARNING: still running: ${left//$'\n'/ }"
     fi
 }
 
@@ -194,6 +195,7 @@ cleanup() {
     trap '' INT TERM
     set +e
     stop_command
+    [[ -n $PARTIAL ]] && rm -f "$PARTIAL"
     if [[ -n $TMP && -d $TMP ]]; then
         log "stopping dockerd"
         stop_dockerd
@@ -331,8 +333,13 @@ if [[ ! -s $ROOTFS ]]; then
     if [[ ! -s $ROOTFS ]]; then
         log "building fixture rootfs $TAG (${FIXTURE_PACKAGES[*]}) with mmdebstrap"
         t=$(date +%s)
-        build_rootfs "$ROOTFS.tmp.$$" || { rm -f "$ROOTFS.tmp.$$"; die "mmdebstrap failed"; }
-        mv -f "$ROOTFS.tmp.$$" "$ROOTFS"
+        PARTIAL="$ROOTFS.tmp.$$"
+        build_rootfs "$PARTIAL" &   # in the background: see run_command
+        CHILD_PID=$!
+        wait "$CHILD_PID" || die "mmdebstrap failed"
+        CHILD_PID=""
+        mv -f "$PARTIAL" "$ROOTFS"
+        PARTIAL=""
         log "rootfs built in $(($(date +%s) - t))s: $ROOTFS ($(du -h "$ROOTFS" | cut -f1))"
     fi
     exec 9>&-

@@ -32,7 +32,8 @@ app.add_typer(get_app, name="get")
 app.add_typer(retention_app, name="retention")
 app.add_typer(describe_app, name="describe")
 
-out = Console(soft_wrap=True)
+# Piped output is for scripts and grep: never wrap or cut it at 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
 err = Console(stderr=True)
 
 
@@ -223,7 +224,7 @@ def _emit(rows: list[dict], columns: list[str], output: str) -> None:
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(*(str(row.get(c, "-") if row.get(c) is not None else "-") for c in columns))
-    out.print(table, width=None if out.is_terminal else 1000, crop=False)
+    out.print(table)
 
 
 def _policy_rows(config_dir: Path, state: StateStore, now: datetime) -> list[dict]:

@@ -28,7 +28,8 @@ TAR_CHANGED = 1
 RESTORE_SCRIPT = r"""
 set -eu
 stage="/target/$1"
-trap 'rm -rf -- "$stage"' EXIT
+touch -r /target /tmp/.dockvault-before
+trap 'rm -rf -- "$stage"; touch -r /tmp/.dockvault-before /target' EXIT
 mkdir -- "$stage"
 tar --extract --read-full-records --file /dockvault/stream --directory "$stage" --numeric-owner --same-owner --same-permissions
 read -r decision < /dockvault/control

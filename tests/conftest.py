@@ -1,0 +1,100 @@
+"""Shared fixtures: the private Docker engine started by scripts/harness.sh, and volume helpers.
+
+Inside the harness (DOCKVAULT_HARNESS=1) a missing engine is an error, never a skip; outside it,
+Docker tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.treecheck import populate_volume, snapshot_volume  # noqa: F401  (re-exported for tests)
+
+IN_HARNESS = os.environ.get("DOCKVAULT_HARNESS") == "1"
+
+
+def _unavailable(reason: str):
+    if IN_HARNESS:
+        pytest.fail(f"inside the harness, but {reason}")
+    pytest.skip(f"{reason}; run the tests through `make test` (scripts/harness.sh) to get a private engine")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    if not os.environ.get("DOCKVAULT_TEST_IMAGE"):
+        _unavailable("DOCKVAULT_TEST_IMAGE is not set")
+    if not os.environ.get("DOCKER_HOST"):
+        _unavailable("DOCKER_HOST is not set (tests never use the system's default engine)")
+    try:
+        client = docker.from_env(version="auto", timeout=300)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        _unavailable(f"the Docker engine at {os.environ['DOCKER_HOST']} does not answer: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def test_image(docker_client) -> str:
+    image = os.environ["DOCKVAULT_TEST_IMAGE"]
+    docker_client.images.get(image)
+    return image
+
+
+@pytest.fixture
+def engine(docker_client, test_image):
+    from dockvault.engine.docker import Engine
+
+    return Engine(docker_client, helper_image=test_image)
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    token = uuid.uuid4().hex[:8]
+    return lambda prefix: f"{prefix}-{token}"
+
+
+@pytest.fixture
+def volumes(docker_client, unique) -> Iterator[Callable[[str], str]]:
+    """Names of volumes for this test; every one of them is removed afterwards."""
+    created: list[str] = []
+
+    def name(prefix: str) -> str:
+        value = unique(prefix)
+        created.append(value)
+        return value
+
+    yield name
+    for value in created:
+        for container in docker_client.containers.list(all=True, filters={"volume": value}):
+            container.remove(force=True)
+        try:
+            docker_client.volumes.get(value).remove(force=True)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def containers(docker_client) -> Iterator[list]:
+    """Containers a test starts; removed afterwards."""
+    started: list = []
+    yield started
+    for container in started:
+        try:
+            container.remove(force=True)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def repo_dir(tmp_path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    return path
