@@ -325,8 +325,8 @@ def retention_plan(
     policy = _policy(config_dir, policy_name)
     backups = repository_for(policy).backups(policy.name)
     plan = plan_retention(backups, policy.spec.retention, now=datetime.now(UTC), tz=policy.spec.timezone)
-    rows = [{"BACKUP": d.backup_id, "ACTION": "keep" if d.keep else "delete", "REASONS": ", ".join(d.reasons)}
-            for d in plan.decisions]
+    rows = [{"BACKUP": d.backup_id, "ACTION": "ignore" if d.ignored else "keep" if d.keep else "delete",
+             "REASONS": ", ".join(d.reasons)} for d in plan.decisions]
     _emit(rows, ["BACKUP", "ACTION", "REASONS"], output)
     if output == "table":
         out.print(f"{len(plan.keep)} to keep, {len(plan.delete)} to delete", highlight=False)

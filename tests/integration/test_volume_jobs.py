@@ -178,10 +178,13 @@ def test_crafted_archive_is_refused_and_nothing_is_left(docker_client, engine, v
     assert snapshot_volume(docker_client, existing) == before  # staging folder gone too
 
 
+APP_LOOP = 'trap "exit 0" TERM; while true; do sleep 1; done'  # stops promptly, like a well-behaved app
+
+
 def _users(docker_client, image: str, volume: str, containers: list, names: list[str]) -> list:
     made = []
     for name in names:
-        c = docker_client.containers.run(image, ["sleep", "infinity"], name=name, detach=True, network_mode="none",
+        c = docker_client.containers.run(image, ["sh", "-c", APP_LOOP], name=name, detach=True, network_mode="none",
                                          volumes={volume: {"bind": "/data", "mode": "rw"}})
         containers.append(c)
         made.append(c)

@@ -128,8 +128,9 @@ class Engine:
     def unpause(self, ref: ContainerRef) -> None:
         self.client.containers.get(ref.id).unpause()
 
-    def stop(self, ref: ContainerRef, timeout: int = 30) -> None:
-        self.client.containers.get(ref.id).stop(timeout=timeout)
+    def stop(self, ref: ContainerRef) -> None:
+        """Stop with the container's own stop signal and timeout, as `docker stop` does."""
+        self.client.api.stop(ref.id)
 
     def start(self, ref: ContainerRef) -> None:
         self.client.containers.get(ref.id).start()
