@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.treecheck import populate_volume, snapshot_volume  # noqa: F401  (re-exported for tests)
-
 IN_HARNESS = os.environ.get("DOCKVAULT_HARNESS") == "1"
 
 

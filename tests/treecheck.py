@@ -8,6 +8,8 @@ import random
 import stat
 from pathlib import Path
 
+APP_LOOP = 'trap "exit 0" TERM; while true; do sleep 1; done'  # an app container that stops promptly
+
 
 def volume_path(client, name: str) -> Path:
     """The volume's folder on this host (the harness engine is local)."""

@@ -22,7 +22,7 @@ from .controller.retention import plan_retention
 from .controller.status import policy_status
 from .engine.docker import DEFAULT_HELPER_IMAGE, Engine, EngineError
 from .frontends.standalone import Controller, load_config, repository_for
-from .frontends.state import StateStore
+from .frontends.state import StateLocked, StateStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative backups for Docker hosts.")
 get_app = typer.Typer(no_args_is_help=True, help="List policies, backups or restores.")
@@ -96,9 +96,9 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="YAML files or dir
     """Check resources; print every problem with file, resource and field, and exit non-zero on any."""
     result = load_paths(paths)
     for error in result.errors:
-        out.print(str(error), highlight=False, soft_wrap=True)
+        out.print(str(error), highlight=False, markup=False)
     for item in result.items:
-        err.print(f"{item.file}: {item.resource.kind} {item.resource.metadata.name}: ok", highlight=False)
+        err.print(f"{item.file}: {item.resource.kind} {item.resource.metadata.name}: ok", highlight=False, markup=False)
     if result.errors:
         raise typer.Exit(1)
 
@@ -143,7 +143,7 @@ def run(
             ok = controller.run_once()
             raise typer.Exit(0 if ok else 1)
         controller.serve(stop)
-    except EngineError as exc:
+    except (EngineError, StateLocked) as exc:
         raise _fail(str(exc)) from None
     finally:
         controller.shutdown()

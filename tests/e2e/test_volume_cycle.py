@@ -5,60 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.cli import dockvault, write_policy, write_restore
 from tests.treecheck import populate_volume, snapshot_volume
 
 pytestmark = pytest.mark.docker
-
-
-def dockvault(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "dockvault", *args], env=env, capture_output=True, text=True,
-                            timeout=600, stdin=subprocess.DEVNULL)
-    if check and result.returncode != 0:
-        raise AssertionError(f"dockvault {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-@pytest.fixture
-def cli_env(tmp_path, test_image) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(DOCKVAULT_STATE_DIR=str(tmp_path / "state"), DOCKVAULT_HELPER_IMAGE=test_image,
-               DOCKVAULT_CONFIG_DIR=str(tmp_path / "config"))
-    (tmp_path / "config").mkdir()
-    return env
-
-
-def write_policy(config: Path, *, name: str, volume: str, repo: Path, extra: str = "", file: str | None = None) -> None:
-    (config / (file or f"{name}.yaml")).write_text(textwrap.dedent(f"""\
-        apiVersion: dockvault.io/v1alpha1
-        kind: BackupPolicy
-        metadata: {{name: {name}}}
-        spec:
-          schedule: "0 3 * * *"
-          targets:
-            - name: data
-              volume: {{name: {volume}, quiesce: stop}}
-          storage: {{local: {{path: {repo}}}}}
-        """) + extra)
-
-
-def write_restore(config: Path, *, name: str, policy: str, volume: str, overwrite: bool = False, backup: str = "latest") -> None:
-    (config / f"{name}.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: dockvault.io/v1alpha1
-        kind: RestoreRequest
-        metadata: {{name: {name}}}
-        spec:
-          policy: {policy}
-          backup: {backup}
-          targets:
-            - from: data
-              volume: {{name: {volume}, overwrite: {str(overwrite).lower()}}}
-        """))
 
 
 def test_backup_delete_restore_is_identical(docker_client, volumes, repo_dir, cli_env, tmp_path):

@@ -18,7 +18,7 @@ from dockvault.api import BackupPolicy, RestoreRequest
 from dockvault.controller.retention import plan_retention
 from dockvault.engine.docker import LABEL_JOB
 from dockvault.storage.local import LocalRepository
-from tests.treecheck import populate_volume, snapshot_volume, volume_path
+from tests.treecheck import APP_LOOP, populate_volume, snapshot_volume, volume_path
 
 pytestmark = pytest.mark.docker
 
@@ -176,9 +176,6 @@ def test_crafted_archive_is_refused_and_nothing_is_left(docker_client, engine, v
                          repository=LocalRepository(repo_dir))
     assert result.status.phase == "Failed" and message in result.status.message
     assert snapshot_volume(docker_client, existing) == before  # staging folder gone too
-
-
-APP_LOOP = 'trap "exit 0" TERM; while true; do sleep 1; done'  # stops promptly, like a well-behaved app
 
 
 def _users(docker_client, image: str, volume: str, containers: list, names: list[str]) -> list:

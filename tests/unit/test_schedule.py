@@ -71,8 +71,6 @@ def test_interval_schedule_keeps_real_intervals_across_fall_back():
     assert {b - a for a, b in zip(times, times[1:])} == {timedelta(minutes=30)}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a daily 01:30 schedule runs twice on the fall-back day (01:30 EDT and "
-                                       "01:30 EST); cron runs fixed-time jobs once")
 def test_fixed_time_in_the_repeated_hour_runs_once():
     assert slots("30 1 * * *", "America/New_York", utc(2026, 10, 31, 12), 2) == [utc(2026, 11, 1, 5, 30), utc(2026, 11, 2, 6, 30)]
 

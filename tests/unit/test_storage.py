@@ -304,8 +304,6 @@ def test_truncated_gzip_is_an_error(cut):
         b"".join(decompressed(read_chunks(io.BytesIO(stored[:end]), 4096), "gzip"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: decompressed() returns short data for a truncated zstd stream "
-                                       "(flush() of a read_across_frames decompressobj reveals nothing)")
 @pytest.mark.parametrize("cut", CUTS.values(), ids=CUTS.keys())
 def test_truncated_zstd_is_an_error(cut):
     stored, _ = compress(DATA, CompressionSpec(algorithm="zstd"))

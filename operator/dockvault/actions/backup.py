@@ -14,6 +14,7 @@ from ..api.common import ObjectMeta
 from ..api.policy import BackupPolicy
 from ..controller.retention import RetentionPlan, plan_retention
 from ..engine.docker import Engine, EngineError, new_job_id
+from ..engine.quiesce import Journal
 from ..sources import BackupContext, SourceError, source_for
 from ..sources.base import Progress
 from ..storage.base import Repository
@@ -57,6 +58,7 @@ def run_backup(
     trigger: str = "schedule",
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    journal: Journal | None = None,
 ) -> BackupOutcome:
     """Back up every target; any failure fails the whole backup, publishes no manifest and skips retention."""
     started = datetime.now(UTC)
@@ -71,7 +73,7 @@ def run_backup(
             taken.add(backup_id)
             backup_id = new_backup_id(started, taken)
     ctx = BackupContext(policy=policy.name, backup_id=backup_id, job_id=new_job_id(), engine=engine,
-                        writer=writer, compression=policy.spec.compression, progress=progress, cancel=cancel)
+                        writer=writer, compression=policy.spec.compression, progress=progress, cancel=cancel, journal=journal)
     artifacts: list[Artifact] = []
     log.info("backup %s/%s started (%s)", policy.name, backup_id, trigger)
     try:

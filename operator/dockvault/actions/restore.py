@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from ..api.backup import Artifact, Backup
 from ..api.policy import BackupPolicy
-from ..api.restore import RestoreRequest, RestoreRequestStatus
+from ..api.restore import RestoreRequest, RestoreRequestStatus, RestoreTarget
 from ..controller.selection import NoSuchBackup, select_backup
 from ..engine.docker import Engine, EngineError, new_job_id
 from ..sources import RestoreContext, SourceError, source_for
@@ -51,14 +51,14 @@ class RestoreOutcome:
         return self.status.phase == "Succeeded"
 
 
-def _artifacts(request: RestoreRequest, policy: BackupPolicy, backup: Backup) -> list[tuple[object, Artifact]]:
+def _artifacts(request: RestoreRequest, backup: Backup) -> list[tuple[RestoreTarget, Artifact]]:
     pairs = []
-    for destination in request.spec.targets:
-        if policy.spec.target(destination.from_) is None and backup.artifact(destination.from_) is None:
-            raise RestoreError(f"spec.targets: policy {policy.name!r} has no target {destination.from_!r}")
+    for index, destination in enumerate(request.spec.targets):
         artifact = backup.artifact(destination.from_)
         if artifact is None:
-            raise RestoreError(f"backup {backup.id} of policy {policy.name!r} has no artifact for target {destination.from_!r}")
+            have = ", ".join(a.target for a in backup.status.artifacts) or "none"
+            raise RestoreError(f"spec.targets[{index}].from: backup {backup.id} of policy {backup.policy!r} has no "
+                               f"target {destination.from_!r} (it has: {have})")
         pairs.append((destination, artifact))
     return pairs
 
@@ -83,7 +83,7 @@ def run_restore(
     try:
         backup = select_backup(repository.backups(policy.name), request.spec.backup, policy=policy.name)
         backup_id = backup.id
-        pairs = _artifacts(request, policy, backup)
+        pairs = _artifacts(request, backup)
         for _, artifact in pairs:  # every checksum holds before anything is written
             for _ in verified_chunks(repository.open_artifact(policy.name, backup.id, artifact.file), artifact,
                                      policy=policy.name, backup_id=backup.id):

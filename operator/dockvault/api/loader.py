@@ -72,7 +72,10 @@ def parse_document(doc: Any, *, file: str) -> LoadResult:
         return result
     kind = doc.get("kind")
     meta = doc.get("metadata")
-    name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
+    raw_name = meta.get("name") if isinstance(meta, dict) else None
+    # Only a well-formed name goes into messages verbatim; anything else could forge output lines.
+    plain = isinstance(raw_name, str) and raw_name.isprintable() and not any(c.isspace() for c in raw_name)
+    name = raw_name if plain else (repr(raw_name) if raw_name else None)
     if kind not in KINDS:
         known = ", ".join(KINDS)
         result.errors.append(ResourceError(file, None, name, "kind", f"unknown kind {kind!r}; expected one of {known}"))
@@ -82,7 +85,7 @@ def parse_document(doc: Any, *, file: str) -> LoadResult:
         result.errors.append(ResourceError(file, kind, name, "apiVersion", msg))
         return result
     try:
-        resource = KINDS[kind].model_validate(doc)
+        resource = KINDS[kind].model_validate(doc, by_alias=True, by_name=False)  # YAML uses the CRD's field names
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             msg = err["msg"].removeprefix("Value error, ")

@@ -12,9 +12,18 @@ from ..api.policy import BackupPolicySpec
 
 
 def next_run(schedule: str, timezone: str, after: datetime) -> datetime:
-    """The first cron slot strictly after `after`, as an aware UTC time."""
+    """The first cron slot strictly after `after`, as an aware UTC time.
+
+    A schedule with a fixed hour runs once when clocks go back, as cron does: the repeated wall-clock
+    slot is skipped. Hourly and interval schedules keep their real intervals.
+    """
     local = after.astimezone(ZoneInfo(timezone))
-    return croniter(schedule, local).get_next(datetime).astimezone(UTC)
+    slots = croniter(schedule, local)
+    slot = slots.get_next(datetime)
+    fixed_hour = schedule.split()[1].isdigit()
+    if fixed_hour and slot.replace(tzinfo=None, second=0, microsecond=0) == local.replace(tzinfo=None, second=0, microsecond=0):
+        slot = slots.get_next(datetime)
+    return slot.astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from ..api.loader import Loaded, ResourceError, load_paths
 from ..controller.schedule import backup_due
 from ..controller.status import Attempt
 from ..engine.docker import Engine
+from ..engine.quiesce import resume_journaled
 from ..sources.base import Progress
 from ..storage.local import LocalRepository
 from .state import StateStore
@@ -122,14 +123,17 @@ class Controller:
 
     def startup(self) -> None:
         """Recover from a crash: remove leftover helpers and temporaries, rebuild state from the repositories."""
+        self.state.lock()
         self.reload()
         removed = self.engine.remove_leftovers()
         if removed:
             log.warning("removed %d leftover helper container(s): %s", len(removed), ", ".join(removed))
-        roots = {}
-        for item in self.config.policies.values():
-            roots[item.resource.spec.storage.local.path] = item.resource  # type: ignore[union-attr]
-        for policy in roots.values():
+        resumed = resume_journaled(self.engine, self.state.halted_containers(), self.state)
+        if resumed:
+            log.warning("resumed container(s) a stopped dockvault had left quiesced: %s", ", ".join(resumed))
+        policies = [item.resource for item in self.config.policies.values()]
+        by_root = {policy.spec.storage.local.path: policy for policy in policies}  # type: ignore[union-attr]
+        for policy in by_root.values():
             for path in repository_for(policy).clean_temporaries():
                 log.warning("removed incomplete backup data %s", path)
         for name, item in self.config.policies.items():
@@ -153,7 +157,7 @@ class Controller:
         self.state.record_attempt(policy.name, Attempt("pending", "Running", started, trigger=trigger))
         try:
             outcome = run_backup(policy, engine=self.engine, repository=repository_for(policy), trigger=trigger,
-                                 progress=progress, cancel=self.cancel)
+                                 progress=progress, cancel=self.cancel, journal=self.state)
         finally:
             self.state.forget_attempt(policy.name, "pending")
         st = outcome.record.status

@@ -6,6 +6,8 @@ only failed runs and restore outcomes live here alone, and losing them loses his
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -15,6 +17,7 @@ from pathlib import Path
 from ..api.backup import Backup
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt
+from ..engine.docker import ContainerRef
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS attempts (
@@ -24,7 +27,13 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE TABLE IF NOT EXISTS restores (
   name TEXT NOT NULL, spec_hash TEXT NOT NULL, policy TEXT NOT NULL, status TEXT NOT NULL, recorded_at TEXT NOT NULL,
   PRIMARY KEY (name, spec_hash));
+CREATE TABLE IF NOT EXISTS quiesced (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, container_id TEXT NOT NULL, name TEXT NOT NULL, mode TEXT NOT NULL);
 """
+
+
+class StateLocked(RuntimeError):
+    pass
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -42,6 +51,20 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def lock(self) -> None:
+        """Hold the state dir for one `dockvault run`: its start-up cleanup must not hit another's live jobs."""
+        self._lock_file = open(self.directory / "run.lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "unknown"
+            raise StateLocked(f"another `dockvault run` (pid {holder}) is using state dir {self.directory}") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
 
     def _run(self, sql: str, params: Iterable = ()) -> list[tuple]:
         with self._lock:
@@ -100,3 +123,14 @@ class StateStore:
     def restores(self) -> list[tuple[str, str, str, RestoreRequestStatus]]:
         rows = self._run("SELECT name, spec_hash, policy, status FROM restores ORDER BY recorded_at")
         return [(n, h, p, RestoreRequestStatus.model_validate_json(s)) for n, h, p, s in rows]
+
+    # --- quiesce journal -----------------------------------------------------------------------
+    def halted(self, ref: ContainerRef, mode: str) -> None:
+        self._run("INSERT INTO quiesced (container_id, name, mode) VALUES (?,?,?)", (ref.id, ref.name, mode))
+
+    def resumed(self, ref: ContainerRef) -> None:
+        self._run("DELETE FROM quiesced WHERE container_id=?", (ref.id,))
+
+    def halted_containers(self) -> list[tuple[ContainerRef, str]]:
+        rows = self._run("SELECT container_id, name, mode FROM quiesced ORDER BY seq")
+        return [(ContainerRef(cid, name, "halted"), mode) for cid, name, mode in rows]

@@ -13,6 +13,7 @@ from ..api.backup import Artifact
 from ..api.policy import BackupTarget, CompressionSpec
 from ..api.restore import RestoreTarget
 from ..engine.docker import Engine, job_labels
+from ..engine.quiesce import Journal
 from ..storage.base import BackupWriter
 from ..storage.codec import SUFFIXES, CompressingWriter
 
@@ -50,6 +51,7 @@ class BackupContext:
     compression: CompressionSpec
     progress: Progress | None = None
     cancel: threading.Event | None = None
+    journal: Journal | None = None
 
     def labels(self, target: str) -> dict[str, str]:
         return job_labels(policy=self.policy, target=target, job=self.job_id)

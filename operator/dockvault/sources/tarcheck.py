@@ -50,22 +50,26 @@ class _Checker:
         self.symlinks: set[str] = set()
         self.members = 0
 
+    def _not_through_symlink(self, path: str, what: str) -> None:
+        parent = posixpath.dirname(path)
+        while parent:
+            if parent in self.symlinks:
+                raise UnsafeArchive(f"{what} through the symlink {parent!r}")
+            parent = posixpath.dirname(parent)
+
     def check(self, info: tarfile.TarInfo, name: str, linkname: str) -> None:
         path = _clean(name)
         if info.type in _REFUSED_TYPES:
             raise UnsafeArchive(f"member {name!r} is a {_REFUSED_TYPES[info.type]}")
         if info.type not in _PLAIN_TYPES:
             raise UnsafeArchive(f"member {name!r} has unsupported type {info.type!r}")
-        parent = posixpath.dirname(path)
-        while parent:
-            if parent in self.symlinks:
-                raise UnsafeArchive(f"member {name!r} would be written through the symlink {parent!r}")
-            parent = posixpath.dirname(parent)
+        self._not_through_symlink(path, f"member {name!r} would be written")
         if info.type == tarfile.LNKTYPE:
             try:
-                _clean(linkname)
+                target = _clean(linkname)
             except UnsafeArchive:
                 raise UnsafeArchive(f"hard link {name!r} -> {linkname!r} points outside the volume") from None
+            self._not_through_symlink(target, f"hard link {name!r} -> {linkname!r} would resolve")
         elif info.type == tarfile.SYMTYPE:
             self.symlinks.add(path)
             if not linkname.startswith("/"):

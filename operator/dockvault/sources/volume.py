@@ -45,10 +45,11 @@ touch -r /tmp/.dockvault-mtime /target
 """
 
 
-def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], notes: list[str]) -> Iterator[bytes]:
+def _archive(ctx: BackupContext, volume: str, quiesce: str, labels: dict[str, str], notes: list[str]) -> Iterator[bytes]:
+    engine = ctx.engine
     if not engine.volume_exists(volume):
         raise SourceError(f"volume {volume!r} does not exist on the Docker host")
-    with quiesced(engine, volume, quiesce):
+    with quiesced(engine, volume, quiesce, ctx.journal):
         with engine.helper(TAR_CREATE, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels, pipes=("stream",)) as helper:
             try:
                 yield from helper.read("stream")
@@ -67,7 +68,7 @@ def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
     notes: list[str] = []
     details = {"volume": spec.name, "quiesce": spec.quiesce, "helperImage": ctx.engine.helper_image,
                "helperImageId": ctx.engine.helper_image_id(), "format": "tar (POSIX pax)"}
-    chunks = _archive(ctx.engine, spec.name, spec.quiesce, ctx.labels(target.name), notes)
+    chunks = _archive(ctx, spec.name, spec.quiesce, ctx.labels(target.name), notes)
     artifact = ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.tar", chunks=chunks, details=details)
     if notes:
         artifact = artifact.model_copy(update={"details": {**artifact.details, "warning": "; ".join(notes)[:500]}})

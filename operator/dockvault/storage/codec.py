@@ -41,18 +41,6 @@ def _compressor(spec: CompressionSpec) -> _Compressor:
     return _Identity()
 
 
-class _StreamDecompressor(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
-
-
-def _decompressor(algorithm: str):
-    if algorithm == "zstd":
-        return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
-    if algorithm == "gzip":
-        return zlib.decompressobj(31)
-    return None
-
-
 class WriteResult(Protocol):
     bytes: int
     raw_bytes: int
@@ -94,23 +82,41 @@ def file_sha256(stream: BinaryIO) -> str:
     return digest.hexdigest()
 
 
+def _zstd_frames(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Decompress concatenated zstd frames; a stream that stops inside a frame raises EOFError."""
+    dctx = zstandard.ZstdDecompressor()
+    current = None
+    frames = 0
+    for chunk in chunks:
+        while chunk:
+            if current is None:
+                current = dctx.decompressobj()
+            out = current.decompress(chunk)
+            if out:
+                yield out
+            if not current.eof:
+                break
+            chunk, current = current.unused_data, None
+            frames += 1
+    if current is not None or frames == 0:
+        raise EOFError("compressed stream ends early (truncated zstd frame)")
+
+
 def decompressed(chunks: Iterable[bytes], algorithm: str) -> Iterator[bytes]:
     """Undo `algorithm` on a stream of chunks; a truncated stream is an error, not a short read."""
-    decompressor = _decompressor(algorithm)
-    if decompressor is None:
+    if algorithm == "zstd":
+        yield from _zstd_frames(chunks)
+        return
+    if algorithm == "none":
         yield from chunks
         return
+    decompressor = zlib.decompressobj(31)
     for chunk in chunks:
         out = decompressor.decompress(chunk)
         if out:
             yield out
-    if algorithm == "gzip" and not decompressor.eof:
+    if not decompressor.eof:
         raise EOFError("compressed stream ends early (truncated gzip data)")
-    if algorithm == "zstd":
-        # read_across_frames keeps the object open; flushing reveals a frame cut short.
-        tail = decompressor.flush()
-        if tail:
-            yield tail
 
 
 def read_chunks(stream: BinaryIO, size: int = READ_CHUNK) -> Iterator[bytes]:

@@ -1,0 +1,738 @@
+#!/usr/bin/env python3
+"""Volume backup/restore benchmark: dockvault against the seed method and the raw host limit.
+
+Run it inside the harness (private dockerd, fixture image):
+
+    make benchmark BENCH_ARGS="--size 1G"
+    bash scripts/harness.sh python3 benchmarks/volume_backup.py --size 256M --repeat 3
+
+Methods, interleaved per repeat (a, b, c, a', b', c', a, b, c, ...) so that drift (disk writeback,
+page cache, thermal) hits all of them alike; `sync` runs before every timed command:
+
+  (a)  seed:  docker run --rm --network none -v VOL:/source:ro -v DIR:/backup IMAGE tar czf ...
+  (b)  raw:   tar -cf - -C MOUNTPOINT . | zstd -T0 -3 > file            (on the host)
+  (c)  dockvault backup POLICY --config-dir DIR                          (zstd level 3, keepLast 1)
+  (a') seed:  docker run --rm --network none -v NEWVOL:/target -v DIR:/backup:ro IMAGE tar xzf ...
+  (b') raw:   zstd -d < file | tar -x -C DIR                             (on the host)
+  (c') dockvault run --once --config-dir DIR   with a RestoreRequest into a fresh volume
+
+Peak RSS of the dockvault processes comes from os.wait4() on each child (ru_maxrss, KiB).
+Every restore is checked against the source tree (paths and sizes of all files, sha256 of samples).
+Targets are printed with PASS/MISS; nothing is asserted except correctness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import datetime as dt
+import hashlib
+import itertools
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from array import array
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+VOLUME_PREFIX = "dockvault-bench"
+MARKER = ".dockvault-bench.json"
+GENERATOR = 1  # bump when the content recipe changes: old volumes are then rebuilt
+GiB = 1 << 30
+MiB = 1 << 20
+SMALL_FILES_PER_GIB = 20_000
+SHARES = {"text": 0.35, "logs": 0.35, "random": 0.30}
+POLICY = "bench"
+
+TARGETS = {
+    "backup_vs_raw": 0.87,      # throughput (c)/(b) >=
+    "backup_vs_seed": 7.0,      # throughput (c)/(a) >=
+    "size_vs_raw": 0.02,        # |bytes (c)/(b) - 1| <=
+    "restore_vs_raw": 0.85,     # throughput (c')/(b') >=
+    "rss_mib": 100.0,           # peak RSS of dockvault, backup and restore <=
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ sizes --
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 256M or 1G)")
+    value = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    if value < 16 * MiB:
+        raise argparse.ArgumentTypeError("size must be at least 16M")
+    return int(value)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def size_label(n: int) -> str:
+    if n % GiB == 0:
+        return f"{n // GiB}g"
+    if n % MiB == 0:
+        return f"{n // MiB}m"
+    return str(n)
+
+
+# ------------------------------------------------------------------------------------------ docker --
+def docker(*args: str, check: bool = True) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise BenchError(f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def volume_exists(name: str) -> bool:
+    return subprocess.run(["docker", "volume", "inspect", name], capture_output=True,
+                          stdin=subprocess.DEVNULL).returncode == 0
+
+
+def mountpoint(name: str) -> Path:
+    return Path(docker("volume", "inspect", "-f", "{{.Mountpoint}}", name))
+
+
+def remove_volume(name: str) -> None:
+    if volume_exists(name):
+        docker("volume", "rm", "-f", name)
+
+
+# ------------------------------------------------------------------------------- test volume data --
+class TextMaker:
+    """Word-like text: a Zipf-weighted vocabulary of made-up words, sampled through a 64 Ki-entry table."""
+
+    def __init__(self, rnd: random.Random) -> None:
+        syllables = ["ka", "lo", "mi", "ren", "to", "sa", "ve", "qui", "dor", "an", "el", "us", "pra", "ni",
+                     "mo", "ta", "ex", "ul", "ri", "fe", "gon", "be", "stra", "li", "cu", "po", "er", "in"]
+        words = list(dict.fromkeys("".join(rnd.choice(syllables) for _ in range(rnd.randint(1, 4)))
+                                   for _ in range(8000)))
+        rnd.shuffle(words)
+        tokens, weights = [], []
+        for rank, word in enumerate(words):
+            w = 1.0 / (rank + 1) ** 1.05
+            tokens += [word, word + ",", word + ".\n"]
+            weights += [w * 0.90, w * 0.06, w * 0.04]
+        cum = list(itertools.accumulate(weights))
+        total = cum[-1]
+        self.table = [tokens[min(bisect.bisect(cum, (j + 0.5) / 65536 * total), len(tokens) - 1)]
+                      for j in range(65536)]
+        self.rnd = rnd
+
+    def make(self, nbytes: int) -> bytes:
+        # about 6.6 bytes per token incl. the separator
+        out = b""
+        while len(out) < nbytes:
+            need = nbytes - len(out)
+            idx = array("H", self.rnd.randbytes(2 * (need // 6 + 16)))
+            out += " ".join(map(self.table.__getitem__, idx)).encode() + b"\n"
+        return out[:nbytes - 1] + b"\n"
+
+
+class LogMaker:
+    """Web-service log lines: monotonic timestamps, levels, components, routes, ids, latencies, messages."""
+
+    LEVELS = ["INFO"] * 14 + ["DEBUG"] * 4 + ["WARN"] * 2 + ["ERROR"]
+    COMPONENTS = ["http", "db.pool", "auth", "cache", "scheduler", "worker.3", "worker.7", "billing", "mailer"]
+    METHODS = ["GET"] * 6 + ["POST"] * 2 + ["PUT", "DELETE"]
+    ROUTES = ["/api/v2/orders", "/api/v2/orders/{id}", "/api/v2/users/{id}", "/api/v2/users/{id}/sessions",
+              "/healthz", "/metrics", "/api/v2/invoices/{id}/pdf", "/api/v2/search", "/static/app.{id}.js",
+              "/api/v2/carts/{id}/items", "/login", "/logout"]
+    STATUSES = [200] * 30 + [201] * 3 + [204] * 2 + [301, 304, 304, 400, 401, 403, 404, 404, 409, 429, 500, 502, 503]
+    MESSAGES = ["request handled", "cache miss, loading from primary", "slow query detected", "token refreshed",
+                "retrying after upstream timeout", "connection returned to pool", "payload validated",
+                "rate limit window reset", "queued background job", "session extended",
+                "upstream responded with unexpected content-type", "user not found"]
+
+    def __init__(self, rnd: random.Random, text: TextMaker) -> None:
+        self.rnd = rnd
+        self.text = text
+        self.clock = 1_700_000_000.0
+
+    def make(self, nbytes: int) -> bytes:
+        rnd, lines, size = self.rnd, [], 0
+        L, C, M, R, S, G = self.LEVELS, self.COMPONENTS, self.METHODS, self.ROUTES, self.STATUSES, self.MESSAGES
+        words = self.text.table
+        while size < nbytes:
+            bits = rnd.getrandbits(64)
+            self.clock += (bits & 0xFFF) / 40960.0
+            t = self.clock
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+            route = R[(bits >> 12) % len(R)].replace("{id}", str((bits >> 20) & 0xFFFFF))
+            line = (f"{stamp}.{int(t * 1000) % 1000:03d}Z {L[(bits >> 40) % len(L)]:5} [{C[(bits >> 44) % len(C)]}] "
+                    f"req={rnd.getrandbits(48):012x} {M[(bits >> 48) % len(M)]} {route} -> {S[(bits >> 52) % len(S)]} "
+                    f"in {(bits >> 8) % 2000 / 10:.1f}ms user={(bits >> 30) % 50000} "
+                    f"{G[(bits >> 56) % len(G)]}")
+            if bits & 0x7 == 0:  # some lines carry free text (query, payload excerpt)
+                line += " detail=\"" + " ".join(words[(bits >> (4 * k)) & 0xFFFF] for k in range(6)).replace("\n", "") + "\""
+            line += "\n"
+            lines.append(line)
+            size += len(line)
+        return "".join(lines).encode()[:nbytes]
+
+
+def split_sizes(rnd: random.Random, total: int, count: int, sigma: float, minimum: int) -> list[int]:
+    """`count` lognormal sizes that add up to exactly `total` bytes."""
+    raw = [rnd.lognormvariate(0, sigma) for _ in range(count)]
+    scale = (total - minimum * count) / sum(raw)
+    sizes = [minimum + int(r * scale) for r in raw]
+    sizes[-1] += total - sum(sizes)
+    return sizes
+
+
+def generate(root: Path, size: int, seed: int) -> dict:
+    rnd = random.Random(seed)
+    text, budgets = TextMaker(rnd), {k: int(size * v) for k, v in SHARES.items()}
+    budgets["random"] = size - budgets["text"] - budgets["logs"]
+    logs = LogMaker(rnd, text)
+    t0 = time.perf_counter()
+
+    n_small = max(50, round(SMALL_FILES_PER_GIB * size / GiB))
+    n_dirs = max(5, n_small // 200)
+    for i, nbytes in enumerate(split_sizes(rnd, budgets["text"], n_small, 1.0, 64)):
+        d = root / "docs" / f"section-{i % n_dirs:03d}" / f"part-{(i // n_dirs) % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"note-{i:05d}.txt").write_bytes(text.make(nbytes))
+    log(f"  small text files: {n_small} in {time.perf_counter() - t0:.1f}s")
+
+    n_logs = max(2, round(budgets["logs"] / (48 * MiB)))
+    (root / "logs").mkdir()
+    for i, nbytes in enumerate(split_sizes(rnd, budgets["logs"], n_logs, 0.4, MiB)):
+        with open(root / "logs" / f"service-{i % 3}.log.{i}", "wb") as out:
+            left = nbytes
+            while left:
+                piece = logs.make(min(left, 8 * MiB))
+                out.write(piece)
+                left -= len(piece)
+    log(f"  log files: {n_logs}, {time.perf_counter() - t0:.1f}s")
+
+    n_rand = max(2, round(budgets["random"] / (4 * MiB)))
+    (root / "blobs").mkdir()
+    for i, nbytes in enumerate(split_sizes(rnd, budgets["random"], n_rand, 0.8, 4096)):
+        sub = root / "blobs" / f"{i % 8:02x}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"object-{i:04d}.bin").write_bytes(rnd.randbytes(nbytes))
+    log(f"  random files: {n_rand}, {time.perf_counter() - t0:.1f}s")
+    return {"small_text_files": n_small, "log_files": n_logs, "random_files": n_rand}
+
+
+def ensure_volume(size: int, seed: int) -> tuple[str, Path, dict]:
+    name = f"{VOLUME_PREFIX}-src-{size_label(size)}"
+    wanted = {"generator": GENERATOR, "size": size, "seed": seed}
+    if volume_exists(name):
+        marker = mountpoint(name) / MARKER
+        try:
+            recorded = json.loads(marker.read_text())
+            if {k: recorded.get(k) for k in wanted} == wanted:
+                log(f"reusing volume {name} (marker {wanted})")
+                return name, mountpoint(name), recorded
+        except (OSError, ValueError):
+            pass
+        log(f"volume {name} exists without a matching marker; rebuilding it")
+        docker("volume", "rm", "-f", name)
+    docker("volume", "create", "--label", "dockvault.bench=1", name)
+    root = mountpoint(name)
+    log(f"building volume {name}: {human(size)}, seed {seed}, in {root}")
+    t = time.perf_counter()
+    counts = generate(root, size, seed)
+    recorded = {**wanted, **counts, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    (root / MARKER).write_text(json.dumps(recorded, indent=1) + "\n")
+    subprocess.run(["sync"], check=True)
+    log(f"volume built in {time.perf_counter() - t:.1f}s")
+    return name, root, recorded
+
+
+# ---------------------------------------------------------------------------------- tree checking --
+@dataclass
+class Tree:
+    files: dict[str, int]       # relative path -> size
+    dirs: int
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.files.values())
+
+
+def scan(root: Path) -> Tree:
+    files: dict[str, int] = {}
+    dirs = 0
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root / rel if rel else root) as it:
+            for entry in it:
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    dirs += 1
+                    stack.append(path)
+                else:
+                    files[path] = entry.stat(follow_symlinks=False).st_size
+    return Tree(files, dirs)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pick_samples(tree: Tree, seed: int) -> list[str]:
+    rnd = random.Random(seed * 7919)
+    groups: dict[str, list[str]] = {}
+    for path in sorted(tree.files):
+        groups.setdefault(path.split("/", 1)[0], []).append(path)
+    picked = []
+    for top, paths in sorted(groups.items()):
+        picked += rnd.sample(paths, min(len(paths), 6 if top == "docs" else 2))
+    return picked
+
+
+def verify(label: str, source_root: Path, source: Tree, samples: dict[str, str], restored_root: Path) -> None:
+    got = scan(restored_root)
+    problems = []
+    if len(got.files) != len(source.files) or got.bytes != source.bytes:
+        problems.append(f"{len(got.files)} files / {got.bytes} bytes restored, source has "
+                        f"{len(source.files)} files / {source.bytes} bytes")
+    if got.dirs != source.dirs:
+        problems.append(f"{got.dirs} directories restored, source has {source.dirs}")
+    differ = [p for p in source.files if got.files.get(p) != source.files[p]]
+    if differ:
+        problems.append(f"{len(differ)} files missing or of another size, e.g. {differ[:3]}")
+    for rel, digest in samples.items():
+        if rel in got.files and sha256_file(restored_root / rel) != digest:
+            problems.append(f"sha256 of {rel} differs")
+    if problems:
+        raise BenchError(f"RESTORE CHECK FAILED for {label} ({restored_root} vs {source_root}): " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------ timed runs --
+@dataclass
+class Run:
+    seconds: float
+    maxrss_kib: int
+    cpu_seconds: float
+    flush_seconds: float          # the `sync` right after the run: writeback the command left behind
+    output_bytes: int | None = None
+    stdout: str = ""
+
+
+def run_timed(cmd: list[str], *, env: dict[str, str] | None = None, label: str, scratch: Path) -> Run:
+    """sync, then run `cmd` to completion; wall time, and the child's own rusage from wait4."""
+    subprocess.run(["sync"], check=True)
+    out_path, err_path = scratch / "stdout.txt", scratch / "stderr.txt"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    t1 = time.perf_counter()
+    subprocess.run(["sync"], check=True)
+    flush = time.perf_counter() - t1
+    stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise BenchError(f"{label} failed with exit code {proc.returncode}\n$ {shlex.join(cmd)}\n"
+                         f"{stdout[-3000:]}\n{stderr[-3000:]}")
+    return Run(seconds, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, flush, stdout=stdout)
+
+
+@dataclass
+class Method:
+    key: str
+    title: str
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        values = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    @property
+    def seconds(self) -> float:
+        return self.median("seconds")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.image = os.environ["DOCKVAULT_TEST_IMAGE"]
+        self.token = uuid.uuid4().hex[:6]
+        self.restore_volumes: list[str] = []
+        self.methods = {k: Method(k, t) for k, t in [
+            ("a", "(a)  seed: docker run tar czf"),
+            ("b", "(b)  raw: tar | zstd -T0 -3 (host)"),
+            ("c", "(c)  dockvault backup"),
+            ("a'", "(a') seed: docker run tar xzf"),
+            ("b'", "(b') raw: zstd -d | tar -x (host)"),
+            ("c'", "(c') dockvault run --once (restore)"),
+        ]}
+
+    # ---- setup
+    def setup(self) -> None:
+        self.data_root = Path(docker("info", "-f", "{{.DockerRootDir}}"))
+        tmp = Path(tempfile.gettempdir())
+        if os.stat(tmp).st_dev == os.stat(self.data_root).st_dev:
+            base, self.where = tmp, f"{tmp} (same filesystem as the Docker data root {self.data_root})"
+        else:
+            base = self.data_root.parent
+            self.where = f"{base} (parent of the Docker data root; {tmp} is another filesystem)"
+        self.work = Path(tempfile.mkdtemp(prefix="dockvault-bench-", dir=base))
+        self.scratch = self.work / "scratch"
+        self.seed_dir = self.work / "seed"          # (a) output, bind-mounted into the helper
+        self.raw_dir = self.work / "raw"            # (b) output
+        self.raw_restore = self.work / "raw-restore"
+        self.repo = self.work / "repo"
+        self.config = self.work / "config"
+        self.state = self.work / "state"
+        for d in (self.scratch, self.seed_dir, self.raw_dir, self.repo, self.config, self.state):
+            d.mkdir()
+        for leftover in docker("volume", "ls", "-q", "--filter", f"name={VOLUME_PREFIX}-restore-").split():
+            remove_volume(leftover)
+
+        self.volume, self.source_root, self.marker = ensure_volume(self.args.size, self.args.seed)
+        t = time.perf_counter()
+        self.source = scan(self.source_root)
+        self.samples = {p: sha256_file(self.source_root / p) for p in pick_samples(self.source, self.args.seed)}
+        log(f"source: {len(self.source.files)} files, {self.source.dirs} dirs, {self.source.bytes} bytes "
+            f"(scanned in {time.perf_counter() - t:.1f}s)")
+
+        (self.config / "policy.yaml").write_text(textwrap.dedent(f"""\
+            apiVersion: dockvault.io/v1alpha1
+            kind: BackupPolicy
+            metadata: {{name: {POLICY}}}
+            spec:
+              targets:
+                - name: data
+                  volume: {{name: {self.volume}}}
+              storage: {{local: {{path: {self.repo}}}}}
+              compression: {{algorithm: zstd, level: 3}}
+              retention: {{keepLast: 1}}
+            """))
+        self.env = dict(os.environ, DOCKVAULT_HELPER_IMAGE=self.image, DOCKVAULT_STATE_DIR=str(self.state))
+        self.env.pop("DOCKVAULT_CONFIG_DIR", None)
+        self.dockvault = [sys.executable, "-m", "dockvault"]
+
+    # ---- methods
+    def backup_seed(self) -> Run:
+        out = self.seed_dir / "x.tar.gz"
+        run = run_timed(["docker", "run", "--rm", "--network", "none", "-v", f"{self.volume}:/source:ro",
+                         "-v", f"{self.seed_dir}:/backup", self.image, "tar", "czf", "/backup/x.tar.gz", "-C", "/source", "."],
+                        label="(a) seed backup", scratch=self.scratch)
+        run.output_bytes = out.stat().st_size
+        return run
+
+    def backup_raw(self) -> Run:
+        out = self.raw_dir / "x.tar.zst"
+        script = f"tar -cf - -C {shlex.quote(str(self.source_root))} . | zstd -q -T0 -3 > {shlex.quote(str(out))}"
+        run = run_timed(["bash", "-o", "pipefail", "-c", script], label="(b) raw backup", scratch=self.scratch)
+        run.output_bytes = out.stat().st_size
+        return run
+
+    def backup_dockvault(self) -> Run:
+        run = run_timed([*self.dockvault, "backup", POLICY, "--config-dir", str(self.config)], env=self.env,
+                        label="(c) dockvault backup", scratch=self.scratch)
+        artifacts = sorted(self.repo.glob(f"{POLICY}/*/data.tar.zst"))
+        if len(artifacts) != 1:
+            raise BenchError(f"expected exactly one artifact (keepLast: 1), found {artifacts}")
+        self.artifact = artifacts[0]
+        run.output_bytes = self.artifact.stat().st_size
+        return run
+
+    def restore_seed(self, i: int) -> Run:
+        vol = f"{VOLUME_PREFIX}-restore-a-{self.token}-{i}"
+        self.restore_volumes.append(vol)
+        run = run_timed(["docker", "run", "--rm", "--network", "none", "-v", f"{vol}:/target",
+                         "-v", f"{self.seed_dir}:/backup:ro", self.image, "tar", "xzf", "/backup/x.tar.gz", "-C", "/target"],
+                        label="(a') seed restore", scratch=self.scratch)
+        verify("(a') seed restore", self.source_root, self.source, self.samples, mountpoint(vol))
+        return run
+
+    def restore_raw(self, i: int) -> Run:
+        shutil.rmtree(self.raw_restore, ignore_errors=True)
+        self.raw_restore.mkdir()
+        script = (f"zstd -q -d < {shlex.quote(str(self.raw_dir / 'x.tar.zst'))} "
+                  f"| tar -x -C {shlex.quote(str(self.raw_restore))}")
+        run = run_timed(["bash", "-o", "pipefail", "-c", script], label="(b') raw restore", scratch=self.scratch)
+        verify("(b') raw restore", self.source_root, self.source, self.samples, self.raw_restore)
+        return run
+
+    def restore_dockvault(self, i: int) -> Run:
+        vol = f"{VOLUME_PREFIX}-restore-c-{self.token}-{i}"
+        self.restore_volumes.append(vol)
+        request = self.config / f"restore-{i}.yaml"
+        request.write_text(textwrap.dedent(f"""\
+            apiVersion: dockvault.io/v1alpha1
+            kind: RestoreRequest
+            metadata: {{name: bench-restore-{self.token}-{i}}}
+            spec:
+              policy: {POLICY}
+              backup: latest
+              targets:
+                - from: data
+                  volume: {{name: {vol}, overwrite: false}}
+            """))
+        try:
+            run = run_timed([*self.dockvault, "run", "--once", "--config-dir", str(self.config)], env=self.env,
+                            label="(c') dockvault restore", scratch=self.scratch)
+        finally:
+            request.unlink()
+        if not volume_exists(vol):
+            raise BenchError(f"(c') dockvault restore exited 0 but volume {vol} does not exist")
+        verify("(c') dockvault restore", self.source_root, self.source, self.samples, mountpoint(vol))
+        return run
+
+    def clean_repeat(self) -> None:
+        for vol in self.restore_volumes:
+            remove_volume(vol)
+        self.restore_volumes.clear()
+        shutil.rmtree(self.raw_restore, ignore_errors=True)
+        for f in (self.seed_dir / "x.tar.gz", self.raw_dir / "x.tar.zst"):
+            f.unlink(missing_ok=True)
+        subprocess.run(["sync"], check=True)
+
+    def run(self) -> None:
+        steps = [("a", self.backup_seed), ("b", self.backup_raw), ("c", self.backup_dockvault),
+                 ("a'", self.restore_seed), ("b'", self.restore_raw), ("c'", self.restore_dockvault)]
+        for i in range(self.args.repeat):
+            for key, step in steps:
+                run = step() if key in ("a", "b", "c") else step(i)
+                self.methods[key].runs.append(run)
+                extra = f", {run.output_bytes} bytes" if run.output_bytes is not None else ""
+                rss = f", peak RSS {run.maxrss_kib / 1024:.1f} MiB" if key.startswith("c") else ""
+                log(f"repeat {i + 1}/{self.args.repeat} {key:2}: {run.seconds:7.2f}s{extra}{rss} "
+                    f"(cpu {run.cpu_seconds:.1f}s, sync after {run.flush_seconds:.2f}s)")
+            self.clean_repeat()
+
+    def cleanup(self) -> None:
+        for vol in self.restore_volumes:
+            try:
+                remove_volume(vol)
+            except BenchError as exc:
+                log(f"warning: {exc}")
+        if getattr(self, "work", None):
+            shutil.rmtree(self.work, ignore_errors=True)
+        if not self.args.keep and getattr(self, "volume", None):
+            try:
+                remove_volume(self.volume)
+            except BenchError as exc:
+                log(f"warning: {exc}")
+
+    # ---- report
+    def cli_startup(self) -> float:
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run([*self.dockvault, "--version"], capture_output=True, check=True, env=self.env)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    def summary(self) -> dict:
+        m = self.methods
+        raw = self.source.bytes
+        tput = {k: raw / 1e6 / v.seconds for k, v in m.items()}
+        ratios = {
+            "backup_vs_seed": m["a"].seconds / m["c"].seconds,
+            "backup_vs_raw": m["b"].seconds / m["c"].seconds,
+            "size_vs_raw": m["c"].median("output_bytes") / m["b"].median("output_bytes"),
+            "restore_vs_seed": m["a'"].seconds / m["c'"].seconds,
+            "restore_vs_raw": m["b'"].seconds / m["c'"].seconds,
+        }
+        rss = {"backup_mib": max(r.maxrss_kib for r in m["c"].runs) / 1024,
+               "restore_mib": max(r.maxrss_kib for r in m["c'"].runs) / 1024}
+        checks = {
+            "backup_vs_raw": ratios["backup_vs_raw"] >= TARGETS["backup_vs_raw"],
+            "backup_vs_seed": ratios["backup_vs_seed"] >= TARGETS["backup_vs_seed"],
+            "size_vs_raw": abs(ratios["size_vs_raw"] - 1) <= TARGETS["size_vs_raw"],
+            "restore_vs_raw": ratios["restore_vs_raw"] >= TARGETS["restore_vs_raw"],
+            "rss_backup": rss["backup_mib"] <= TARGETS["rss_mib"],
+            "rss_restore": rss["restore_mib"] <= TARGETS["rss_mib"],
+        }
+        return {
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine(),
+            "work_dir": self.where,
+            "volume": {"name": self.volume, "size_arg": self.args.size, "raw_bytes": raw, "files": len(self.source.files),
+                       "dirs": self.source.dirs, "seed": self.args.seed,
+                       **{k: self.marker.get(k) for k in ("small_text_files", "log_files", "random_files")}},
+            "repeats": self.args.repeat,
+            "methods": {k: {"title": v.title.split(None, 1)[1], "seconds_median": v.seconds,
+                            "seconds": [round(r.seconds, 3) for r in v.runs], "mb_per_s": tput[k],
+                            "output_bytes": None if v.runs[0].output_bytes is None else int(v.median("output_bytes")),
+                            "cpu_seconds_median": v.median("cpu_seconds"), "sync_after_seconds_median": v.median("flush_seconds"),
+                            "peak_rss_mib": max(r.maxrss_kib for r in v.runs) / 1024}
+                        for k, v in m.items()},
+            "ratios": ratios, "peak_rss": rss, "targets": TARGETS, "pass": checks,
+            "dockvault_cli_startup_seconds": self.cli_startup(),
+        }
+
+
+def machine() -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    def version(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    return {"cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB, 1),
+            "python": platform.python_version(), "docker": docker("version", "-f", "{{.Server.Version}}", check=False),
+            "zstd": version(["zstd", "--version"]), "tar": version(["tar", "--version"])}
+
+
+def results_cache() -> Path:
+    base = os.environ.get("DOCKVAULT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dockvault")
+    return Path(base) / "benchmarks"
+
+
+def print_report(s: dict) -> None:
+    M, R, P, T = s["methods"], s["ratios"], s["pass"], s["targets"]
+    vol, mach = s["volume"], s["machine"]
+    mark = lambda ok: "PASS" if ok else "MISS"  # noqa: E731
+    print()
+    print(f"dockvault volume benchmark  {s['date']}")
+    print(f"machine: {mach['cores']} cores ({mach['cpu']}), {mach['memory_gib']} GiB, Linux {mach['kernel']}, "
+          f"Docker {mach['docker']}, Python {mach['python']}, {mach['zstd']}, {mach['tar']}")
+    print(f"volume {vol['name']}: {vol['raw_bytes']:,} bytes ({human(vol['raw_bytes'])}) in {vol['files']:,} files "
+          f"({vol['small_text_files']} small text, {vol['log_files']} logs, {vol['random_files']} random), "
+          f"{vol['dirs']} dirs, seed {vol['seed']}")
+    print(f"work dir and host restore dir: {s['work_dir']}")
+    print(f"repeats: {s['repeats']} (median shown; MB = 10^6 bytes of the volume's raw size)")
+    print()
+    header = f"{'method':40} {'seconds':>8} {'MB/s':>8} {'output bytes':>14} {'cpu s':>7} {'sync s':>7}  runs (s)"
+    for title, keys in (("BACKUP", ("a", "b", "c")), ("RESTORE", ("a'", "b'", "c'"))):
+        print(title)
+        print(header)
+        for k in keys:
+            v = M[k]
+            out = f"{v['output_bytes']:,}" if v["output_bytes"] is not None else "-"
+            print(f"{'(' + k + ')':5}{v['title']:35} {v['seconds_median']:8.2f} {v['mb_per_s']:8.1f} {out:>14} "
+                  f"{v['cpu_seconds_median']:7.1f} {v['sync_after_seconds_median']:7.2f}  "
+                  + " ".join(f"{x:.2f}" for x in v["seconds"]))
+        print()
+    print("cpu s: user+sys of the child from wait4 (for docker run only the CLI, not the container);")
+    print("sync s: the `sync` right after the run (writeback left behind; dockvault fsyncs inside its run)")
+    print(f"dockvault CLI start-up (python -m dockvault --version): {s['dockvault_cli_startup_seconds']:.2f}s")
+    print()
+    print("RATIOS AND TARGETS")
+    rows = [
+        ("backup throughput (c)/(a)", f"{R['backup_vs_seed']:.2f}x", f">= {T['backup_vs_seed']}x", mark(P["backup_vs_seed"])),
+        ("backup throughput (c)/(b)", f"{R['backup_vs_raw']:.3f}x", f">= {T['backup_vs_raw']}x", mark(P["backup_vs_raw"])),
+        ("output size (c)/(b)", f"{R['size_vs_raw']:.4f}", f"within {T['size_vs_raw']:.0%}", mark(P["size_vs_raw"])),
+        ("restore throughput (c')/(a')", f"{R['restore_vs_seed']:.2f}x", "-", ""),
+        ("restore throughput (c')/(b')", f"{R['restore_vs_raw']:.3f}x", f">= {T['restore_vs_raw']}x", mark(P["restore_vs_raw"])),
+        ("dockvault peak RSS, backup", f"{s['peak_rss']['backup_mib']:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB", mark(P["rss_backup"])),
+        ("dockvault peak RSS, restore", f"{s['peak_rss']['restore_mib']:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB", mark(P["rss_restore"])),
+    ]
+    for row in rows:
+        print(f"  {row[0]:32} {row[1]:>12}   {row[2]:14} {row[3]}")
+    print()
+    print("NOTE: dockvault peak RSS by volume size (this run, and the latest earlier run of each other size on this machine):")
+    for size, rec in sorted(rss_history(s).items()):
+        print(f"  {human(size):>9}: backup {rec['backup_mib']:6.1f} MiB, restore {rec['restore_mib']:6.1f} MiB  ({rec['date']})")
+    sizes = rss_history(s)
+    if len(sizes) > 1:
+        lo, hi = min(sizes), max(sizes)
+        growth = max(sizes[hi]["backup_mib"] - sizes[lo]["backup_mib"], sizes[hi]["restore_mib"] - sizes[lo]["restore_mib"])
+        print(f"  {human(lo)} -> {human(hi)} ({hi / lo:.0f}x the data): peak RSS grows by at most {growth:.1f} MiB")
+    else:
+        print("  run again with another --size (e.g. 256M and 1G) to see whether memory stays flat")
+
+
+def rss_history(s: dict) -> dict[int, dict]:
+    found: dict[int, dict] = {}
+    folder = results_cache()
+    if folder.is_dir():
+        for path in folder.glob("volume_backup-*.json"):
+            try:
+                rec = json.loads(path.read_text())
+                found[rec["volume"]["size_arg"]] = {**rec["peak_rss"], "date": rec["date"]}
+            except (OSError, ValueError, KeyError):
+                continue
+    found[s["volume"]["size_arg"]] = {**s["peak_rss"], "date": s["date"]}
+    return found
+
+
+def save_result(s: dict) -> None:
+    folder = results_cache()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"volume_backup-{size_label(s['volume']['size_arg'])}.json").write_text(json.dumps(s, indent=1) + "\n")
+    except OSError as exc:
+        log(f"warning: could not save results in {folder}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--size", type=parse_size, default=parse_size("1G"), help="volume size, e.g. 256M or 1G (default 1G)")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of every method; the median is reported (default 3)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the volume content (default 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the test volume for the next run on the same engine")
+    parser.add_argument("--json", action="store_true", help="also print a JSON summary")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    missing = [v for v in ("DOCKER_HOST", "DOCKVAULT_TEST_IMAGE") if not os.environ.get(v)]
+    if missing:
+        parser.error(f"{' and '.join(missing)} not set: run through the harness, e.g. "
+                     "`make benchmark BENCH_ARGS=\"--size 256M\"` (a private dockerd; never the system one)")
+    for tool in ("docker", "tar", "zstd", "bash", "sync"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed")
+    if os.geteuid() != 0:
+        parser.error("must run as root: the test volume is written straight into its Mountpoint")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    bench = Bench(args)
+    try:
+        bench.setup()
+        bench.run()
+        summary = bench.summary()
+    except BenchError as exc:
+        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bench.cleanup()
+    print_report(summary)
+    save_result(summary)
+    if args.json:
+        print()
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
