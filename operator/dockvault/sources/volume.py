@@ -76,11 +76,16 @@ def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
 
 
 def _abort(helper: Helper) -> None:
+    """Tell the helper to drop its staging folder, and let it finish before it is removed."""
     try:
         with helper.writer("control") as control:
             control.write(b"abort\n")
     except (PeerGone, OSError):
         pass  # the helper is gone already; its trap removed the staging folder
+    try:
+        helper.wait(timeout=120)
+    except Exception:  # noqa: BLE001 - cleanup is best effort; the job already failed
+        pass
 
 
 def restore(artifact: Artifact, chunks: Iterable[bytes], destination: RestoreTarget, ctx: RestoreContext) -> None:
