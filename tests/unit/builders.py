@@ -84,25 +84,23 @@ RESTORE_DOC: dict[str, Any] = {
 }
 
 
-def policy_doc(**spec: Any) -> dict[str, Any]:
-    """POLICY_DOC with top-level spec fields replaced (a value of None removes the field)."""
-    doc = copy.deepcopy(POLICY_DOC)
+def _with_spec(base: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """`base` with top-level spec fields replaced (a value of None removes the field)."""
+    doc = copy.deepcopy(base)
     for key, value in spec.items():
         if value is None:
             doc["spec"].pop(key, None)
         else:
             doc["spec"][key] = value
     return doc
+
+
+def policy_doc(**spec: Any) -> dict[str, Any]:
+    return _with_spec(POLICY_DOC, spec)
 
 
 def restore_doc(**spec: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(RESTORE_DOC)
-    for key, value in spec.items():
-        if value is None:
-            doc["spec"].pop(key, None)
-        else:
-            doc["spec"][key] = value
-    return doc
+    return _with_spec(RESTORE_DOC, spec)
 
 
 def policy(**spec: Any) -> BackupPolicy:
