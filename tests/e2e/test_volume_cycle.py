@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def test_backup_delete_restore_is_identical(docker_client, volumes, repo_dir, cl
     # The request ran once: a second pass neither restores again nor fails on the now-existing volume.
     again = dockvault("run", "--once", env=cli_env)
     assert "restore bring-back: " not in again.stderr and "restore bring-back failed" not in again.stderr
+
+    # The state dir is a cache: lost, it is rebuilt from the manifests, and the schedule does not restart.
+    shutil.rmtree(cli_env["DOCKVAULT_STATE_DIR"])
+    dockvault("run", "--once", env=cli_env)
+    (row,) = json.loads(dockvault("get", "policies", "-o", "json", env=cli_env).stdout)
+    assert row["status"]["lastSuccessfulBackup"]["id"] == listed[0]["spec"]["id"]
+    assert [p.name for p in (repo_dir / "cycle").iterdir()] == [listed[0]["spec"]["id"]]
 
 
 def test_artifact_restores_by_hand_with_tar_and_zstd(docker_client, volumes, repo_dir, cli_env, tmp_path):

@@ -316,3 +316,16 @@ def test_corrupt_zstd_is_an_error():
     stored, _ = compress(DATA, CompressionSpec(algorithm="zstd"))
     with pytest.raises(zstandard.ZstdError, match="Unknown frame descriptor"):
         b"".join(decompressed([stored, b"garbage after the frame"], "zstd"))
+
+
+def test_restore_outcomes_survive_listing_and_cleaning(tmp_path):
+    from dockvault.api import RestoreRequestStatus
+
+    repo = LocalRepository(tmp_path)
+    status = RestoreRequestStatus(phase="Succeeded", backup="20261121T030000Z", message="restored")
+    assert repo.restore_outcome("bring-back", "abc123") is None
+    repo.save_restore("bring-back", "abc123", status)
+    repo.clean_temporaries()
+    assert repo.policies() == []
+    assert repo.restore_outcome("bring-back", "abc123") == status
+    assert repo.restore_outcome("bring-back", "other") is None

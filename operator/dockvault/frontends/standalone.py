@@ -168,7 +168,9 @@ class Controller:
     def restore(self, request: RestoreRequest, policy: BackupPolicy) -> RestoreOutcome:
         running = RestoreRequestStatus(phase="Running", started_at=now_utc())
         self.state.record_restore(request.name, request.spec_hash, policy.name, running, now_utc())
-        outcome = run_restore(request, policy, engine=self.engine, repository=repository_for(policy), cancel=self.cancel)
+        repository = repository_for(policy)
+        outcome = run_restore(request, policy, engine=self.engine, repository=repository, cancel=self.cancel)
+        repository.save_restore(request.name, request.spec_hash, outcome.status)
         self.state.record_restore(request.name, request.spec_hash, policy.name, outcome.status, now_utc())
         return outcome
 
@@ -176,8 +178,14 @@ class Controller:
         pending = []
         for item in self.config.restores.values():
             request: RestoreRequest = item.resource  # type: ignore[assignment]
-            if self.state.restore_status(request.name, request.spec_hash) is None:
-                pending.append(request)
+            if self.state.restore_status(request.name, request.spec_hash) is not None:
+                continue
+            policy = self.config.policy(request.spec.policy)
+            done = repository_for(policy).restore_outcome(request.name, request.spec_hash) if policy else None
+            if done is not None:  # the state dir was lost; the repository remembers
+                self.state.record_restore(request.name, request.spec_hash, policy.name, done, now_utc())
+                continue
+            pending.append(request)
         return pending
 
     def due_backups(self, now: datetime) -> list[BackupPolicy]:

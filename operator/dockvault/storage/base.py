@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 from typing import BinaryIO, Protocol
 
 from ..api.backup import Backup
+from ..api.restore import RestoreRequestStatus
 
 MANIFEST = "manifest.json"
 TEMP_SUFFIX = ".dvtmp"
@@ -40,6 +41,11 @@ class Repository(Protocol):
     def delete(self, policy: str, backup_id: str) -> None: ...
 
     def clean_temporaries(self) -> list[str]: ...
+
+    def save_restore(self, name: str, spec_hash: str, status: RestoreRequestStatus) -> None:
+        """Remember that a RestoreRequest ran, next to the backups, so it never runs twice."""
+
+    def restore_outcome(self, name: str, spec_hash: str) -> RestoreRequestStatus | None: ...
 
 
 def manifest_chunks(record: Backup) -> Iterator[bytes]:

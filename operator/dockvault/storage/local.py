@@ -14,9 +14,12 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from ..api.backup import Backup
+from ..api.restore import RestoreRequestStatus
 from .base import MANIFEST, TEMP_SUFFIX, manifest_chunks
 
 log = logging.getLogger(__name__)
+
+RESTORES_DIR = ".restores"  # dot-folders are never policies, so listing and cleaning pass them by
 
 
 def _fsync_dir(path: Path) -> None:
@@ -111,6 +114,21 @@ class LocalRepository:
         (folder / MANIFEST).unlink(missing_ok=True)
         _fsync_dir(folder)
         shutil.rmtree(folder)
+
+    def _restore_file(self, name: str, spec_hash: str) -> Path:
+        return self.root / RESTORES_DIR / f"{name}.{spec_hash}.json"
+
+    def save_restore(self, name: str, spec_hash: str, status: RestoreRequestStatus) -> None:
+        path = self._restore_file(name, spec_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as out:
+            out.write(status.model_dump_json(by_alias=True, exclude_none=True).encode())
+
+    def restore_outcome(self, name: str, spec_hash: str) -> RestoreRequestStatus | None:
+        path = self._restore_file(name, spec_hash)
+        if not path.is_file():
+            return None
+        return RestoreRequestStatus.model_validate_json(path.read_text(encoding="utf-8"))
 
     def clean_temporaries(self) -> list[str]:
         """Remove temporaries and folders without a manifest; call only when no backup is running."""
