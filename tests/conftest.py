@@ -48,7 +48,7 @@ def test_image(docker_client) -> str:
 
 @pytest.fixture
 def engine(docker_client, test_image):
-    from dockvault.engine.docker import Engine
+    from dockvault.engine.core import Engine
 
     return Engine(docker_client, helper_image=test_image)
 

@@ -20,7 +20,7 @@ from . import __version__
 from .api import BackupPolicy, load_paths
 from .controller.retention import plan_retention
 from .controller.status import policy_status
-from .engine.docker import DEFAULT_HELPER_IMAGE, Engine, EngineError
+from .engine.core import DEFAULT_HELPER_IMAGE, Engine, EngineError
 from .frontends.standalone import Controller, load_config, repository_for
 from .frontends.state import StateLocked, StateStore
 

@@ -16,7 +16,7 @@ from dockvault.actions.backup import run_backup
 from dockvault.actions.restore import run_restore
 from dockvault.api import BackupPolicy, RestoreRequest
 from dockvault.controller.retention import plan_retention
-from dockvault.engine.docker import LABEL_JOB
+from dockvault.engine.core import LABEL_JOB
 from dockvault.storage.local import LocalRepository
 from tests.treecheck import APP_LOOP, populate_volume, snapshot_volume, volume_path
 

@@ -13,7 +13,7 @@ from ..api.backup import Artifact, Backup, BackupSpec, BackupStatus
 from ..api.common import ObjectMeta
 from ..api.policy import BackupPolicy
 from ..controller.retention import RetentionPlan, plan_retention
-from ..engine.docker import Engine, EngineError, new_job_id
+from ..engine.core import Engine, EngineError, new_job_id
 from ..engine.quiesce import Journal
 from ..sources import BackupContext, SourceError, source_for
 from ..sources.base import Progress

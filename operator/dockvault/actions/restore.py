@@ -16,7 +16,7 @@ from ..api.backup import Artifact, Backup
 from ..api.policy import BackupPolicy
 from ..api.restore import RestoreRequest, RestoreRequestStatus, RestoreTarget
 from ..controller.selection import NoSuchBackup, select_backup
-from ..engine.docker import Engine, EngineError, new_job_id
+from ..engine.core import Engine, EngineError, new_job_id
 from ..sources import RestoreContext, SourceError, source_for
 from ..storage.base import Repository
 from ..storage.codec import ChecksumMismatch, decompressed, read_chunks

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from typing import Literal, Protocol
 
-from .docker import ContainerRef, Engine, EngineError
+from .core import ContainerRef, Engine, EngineError
 
 log = logging.getLogger(__name__)
 

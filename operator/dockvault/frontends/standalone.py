@@ -20,7 +20,7 @@ from ..api import BackupPolicy, RestoreRequest, RestoreRequestStatus
 from ..api.loader import Loaded, ResourceError, load_paths
 from ..controller.schedule import backup_due
 from ..controller.status import Attempt
-from ..engine.docker import Engine
+from ..engine.core import Engine
 from ..engine.quiesce import resume_journaled
 from ..sources.base import Progress
 from ..storage.local import LocalRepository

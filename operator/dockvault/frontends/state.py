@@ -17,7 +17,7 @@ from pathlib import Path
 from ..api.backup import Backup
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt
-from ..engine.docker import ContainerRef
+from ..engine.core import ContainerRef
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS attempts (

@@ -12,7 +12,7 @@ from typing import Protocol
 from ..api.backup import Artifact
 from ..api.policy import BackupTarget, CompressionSpec
 from ..api.restore import RestoreTarget
-from ..engine.docker import Engine, job_labels
+from ..engine.core import Engine, job_labels
 from ..engine.quiesce import Journal
 from ..storage.base import BackupWriter
 from ..storage.codec import SUFFIXES, CompressingWriter

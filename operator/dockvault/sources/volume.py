@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from ..api.backup import Artifact
 from ..api.policy import BackupTarget
 from ..api.restore import RestoreTarget
-from ..engine.docker import Engine, Helper
+from ..engine.core import Engine, Helper
 from ..engine.fifo import PeerGone
 from ..engine.quiesce import quiesced
 from .base import BackupContext, RestoreContext, RestoreRefused, SourceError, check_cancel
