@@ -19,6 +19,7 @@ from rich.table import Table
 from . import __version__
 from .api import BackupPolicy, load_paths
 from .controller.retention import plan_retention
+from .credentials import install_log_masking
 from .controller.status import policy_status
 from .engine.core import DEFAULT_HELPER_IMAGE, Engine, EngineError
 from .frontends.standalone import Controller, load_config, repository_for
@@ -54,6 +55,7 @@ Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_masking()
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("docker").setLevel(logging.WARNING)
 

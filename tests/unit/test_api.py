@@ -336,7 +336,7 @@ def test_storage_missing():
 
 def test_target_without_source():
     assert errors(with_target(name="media")) == [
-        policy_error("spec.targets[0]", "a target needs exactly one source: volume")
+        policy_error("spec.targets[0]", "a target needs exactly one source: volume, postgres, mysql")
     ]
 
 
@@ -413,7 +413,7 @@ def test_duplicate_restore_targets():
 
 def test_restore_target_without_destination():
     assert errors(restore_doc(targets=[{"from": "media"}])) == [
-        restore_error("spec.targets[0]", "a restore target needs exactly one destination: volume")
+        restore_error("spec.targets[0]", "a restore target needs exactly one destination: volume, postgres, mysql")
     ]
 
 

@@ -336,7 +336,7 @@ INVALID = [
     ("Backup", "spec.trigger", "cron"),
     ("Backup", "status.phase", "Done"),
     ("Backup", "status.artifacts.0.sha256", "abc"),
-    ("Backup", "status.artifacts.0.source", "postgres"),
+    ("Backup", "status.artifacts.0.source", "mongodb"),
     ("Backup", "status.artifacts.0.bytes", -5),
 ]
 

@@ -12,6 +12,7 @@ from .. import __version__
 from ..api.backup import Artifact, Backup, BackupSpec, BackupStatus
 from ..api.common import ObjectMeta
 from ..api.policy import BackupPolicy
+from ..credentials import mask
 from ..controller.retention import RetentionPlan, plan_retention
 from ..engine.core import Engine, EngineError, new_job_id
 from ..engine.quiesce import Journal
@@ -81,7 +82,7 @@ def run_backup(
             artifacts += source_for(target.source_kind).backup(target, ctx)
     except (SourceError, EngineError, OSError, ValueError) as exc:
         writer.abort()
-        message = f"target {target.name}: {exc}"
+        message = mask(f"target {target.name}: {exc}")
         log.error("backup %s/%s failed: %s", policy.name, backup_id, message)
         status = BackupStatus(phase="Failed", started_at=started, completed_at=datetime.now(UTC),
                               duration_seconds=round(time.monotonic() - clock, 3), message=message,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import logging
 import threading
@@ -15,6 +15,7 @@ from typing import BinaryIO
 from ..api.backup import Artifact, Backup
 from ..api.policy import BackupPolicy
 from ..api.restore import RestoreRequest, RestoreRequestStatus, RestoreTarget
+from ..credentials import mask
 from ..controller.selection import NoSuchBackup, select_backup
 from ..engine.core import Engine, EngineError, new_job_id
 from ..sources import RestoreContext, SourceError, source_for
@@ -51,16 +52,20 @@ class RestoreOutcome:
         return self.status.phase == "Succeeded"
 
 
-def _artifacts(request: RestoreRequest, backup: Backup) -> list[tuple[RestoreTarget, Artifact]]:
-    pairs = []
+def _plan(request: RestoreRequest, backup: Backup) -> list[tuple[RestoreTarget, list[Artifact]]]:
+    """Each destination with the artifacts it needs; a destination of the wrong kind is refused up front."""
+    plan = []
     for index, destination in enumerate(request.spec.targets):
-        artifact = backup.artifact(destination.from_)
-        if artifact is None:
-            have = ", ".join(a.target for a in backup.status.artifacts) or "none"
+        artifacts = backup.artifacts(destination.from_)
+        if not artifacts:
+            have = ", ".join(sorted({a.target for a in backup.status.artifacts})) or "none"
             raise RestoreError(f"spec.targets[{index}].from: backup {backup.id} of policy {backup.policy!r} has no "
                                f"target {destination.from_!r} (it has: {have})")
-        pairs.append((destination, artifact))
-    return pairs
+        if artifacts[0].source != destination.kind:
+            raise RestoreError(f"spec.targets[{index}]: target {destination.from_!r} holds {artifacts[0].source} "
+                               f"data and restores into {artifacts[0].source}, not {destination.kind}")
+        plan.append((destination, source_for(destination.kind).artifacts_for(artifacts, destination)))
+    return plan
 
 
 def run_restore(
@@ -83,21 +88,27 @@ def run_restore(
     try:
         backup = select_backup(repository.backups(policy.name), request.spec.backup, policy=policy.name)
         backup_id = backup.id
-        pairs = _artifacts(request, backup)
-        for _, artifact in pairs:  # every checksum holds before anything is written
-            for _ in verified_chunks(repository.open_artifact(policy.name, backup.id, artifact.file), artifact,
-                                     policy=policy.name, backup_id=backup.id):
-                pass
-        for destination, artifact in pairs:
-            log.info("restore %s: %s/%s target %s", request.name, policy.name, backup.id, artifact.target)
-            raw = verified_chunks(repository.open_artifact(policy.name, backup.id, artifact.file), artifact,
-                                  policy=policy.name, backup_id=backup.id)
-            with contextlib.closing(raw):
-                source_for(artifact.source).restore(artifact, decompressed(raw, artifact.compression), destination, ctx)
+
+        def open_verified(artifact: Artifact) -> Iterator[bytes]:
+            return verified_chunks(repository.open_artifact(policy.name, backup.id, artifact.file), artifact,
+                                   policy=policy.name, backup_id=backup.id)
+
+        def open_decompressed(artifact: Artifact) -> Iterator[bytes]:
+            return decompressed(open_verified(artifact), artifact.compression)
+
+        plan = _plan(request, backup)
+        for _, artifacts in plan:  # every checksum holds before anything is written
+            for artifact in artifacts:
+                for _ in open_verified(artifact):
+                    pass
+        for destination, artifacts in plan:
+            log.info("restore %s: %s/%s target %s", request.name, policy.name, backup.id, destination.from_)
+            streams = [(a, functools.partial(open_decompressed, a)) for a in artifacts]
+            source_for(destination.kind).restore(destination, streams, ctx)
     except (NoSuchBackup, RestoreError, ChecksumMismatch, SourceError, EngineError, OSError, ValueError, EOFError) as exc:
         log.error("restore %s failed: %s", request.name, exc)
-        return RestoreOutcome(status("Failed", str(exc)))
-    message = f"restored {len(pairs)} target(s) from backup {backup_id}"
+        return RestoreOutcome(status("Failed", mask(str(exc))))
+    message = f"restored {len(plan)} target(s) from backup {backup_id}"
     if ctx.notes:
         message += "; " + "; ".join(ctx.notes)
     log.info("restore %s succeeded: %s", request.name, message)

@@ -12,7 +12,7 @@ from .common import API_VERSION, BackupId, ObjectMeta, ResourceName, Schema, Tar
 
 class Artifact(Schema):
     target: TargetName
-    source: Literal["volume"]
+    source: Literal["volume", "postgres", "mysql"]
     file: str = Field(description="file name inside the backup's folder")
     bytes: int = Field(ge=0, description="size of the stored file")
     raw_bytes: int = Field(ge=0, description="size of the uncompressed stream")
@@ -69,6 +69,9 @@ class Backup(Schema):
         return self.status.completed_at if self.status else None
 
     def artifact(self, target: str) -> Artifact | None:
+        return next(iter(self.artifacts(target)), None)
+
+    def artifacts(self, target: str) -> list[Artifact]:
         if self.status is None:
-            return None
-        return next((a for a in self.status.artifacts if a.target == target), None)
+            return []
+        return [a for a in self.status.artifacts if a.target == target]

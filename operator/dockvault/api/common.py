@@ -8,7 +8,16 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "dockvault.io"
@@ -60,6 +69,16 @@ ResourceName = _name_type(_DNS1123_SUBDOMAIN, "resource name (DNS-1123 subdomain
 TargetName = _name_type(_DNS1123_LABEL, "target name (DNS-1123 label)", 63)
 VolumeName = _name_type(_DOCKER_NAME, "Docker volume name", 255)
 ContainerName = _name_type(_DOCKER_NAME, "Docker container name", 255)
+
+def _check_database_name(value: str) -> str:
+    if not value or "\0" in value or len(value.encode()) > 63:
+        raise ValueError("a database name must be 1 to 63 bytes without NUL characters")
+    return value
+
+
+# Any characters a server accepts, quotes and spaces included: names never pass through a shell or SQL text.
+DatabaseName = Annotated[str, AfterValidator(_check_database_name),
+                         WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 63})]
 
 BACKUP_ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z(-[0-9]+)?"
 BackupId = _name_type(BACKUP_ID_PATTERN, "backup id (e.g. 20261121T030000Z)", 32)
@@ -122,6 +141,19 @@ def _check_timezone(value: str) -> str:
 
 
 Timezone = Annotated[str, AfterValidator(_check_timezone), WithJsonSchema({"type": "string"})]
+
+
+class PasswordFrom(Schema):
+    """Where a database password comes from: never from the resource itself."""
+
+    env: str | None = Field(None, min_length=1, description="environment variable of the dockvault process")
+    file: str | None = Field(None, min_length=1, description="file readable by dockvault (e.g. a mounted secret)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PasswordFrom:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("passwordFrom needs exactly one of env or file")
+        return self
 
 
 class ObjectMeta(BaseModel):

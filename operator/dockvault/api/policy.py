@@ -9,9 +9,12 @@ from pydantic import Field, model_validator
 from .common import (
     API_VERSION,
     Condition,
+    ContainerName,
     Cron,
+    DatabaseName,
     Duration,
     ObjectMeta,
+    PasswordFrom,
     Schema,
     TargetName,
     Timezone,
@@ -28,20 +31,41 @@ class VolumeSource(Schema):
     )
 
 
+class DatabaseSource(Schema):
+    """A database server in a running container, dumped with its own client tools through `docker exec`."""
+
+    container: ContainerName
+    databases: list[DatabaseName] | None = Field(None, min_length=1, description="default: every user database")
+    user: str | None = Field(None, min_length=1, description="default: from the container's environment")
+    password_from: PasswordFrom | None = Field(None, description="default: from the container's environment")
+
+
+class PostgresSource(DatabaseSource):
+    pass
+
+
+class MysqlSource(DatabaseSource):
+    pass
+
+
+SOURCE_KINDS = ("volume", "postgres", "mysql")
+
+
 class BackupTarget(Schema):
     name: TargetName
     volume: VolumeSource | None = None
+    postgres: PostgresSource | None = None
+    mysql: MysqlSource | None = None
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> BackupTarget:
-        sources = [name for name in ("volume",) if getattr(self, name) is not None]
-        if len(sources) != 1:
-            raise ValueError("a target needs exactly one source: volume")
+        if len([kind for kind in SOURCE_KINDS if getattr(self, kind) is not None]) != 1:
+            raise ValueError(f"a target needs exactly one source: {', '.join(SOURCE_KINDS)}")
         return self
 
     @property
     def source_kind(self) -> str:
-        return "volume"
+        return next(kind for kind in SOURCE_KINDS if getattr(self, kind) is not None)
 
 
 class LocalStorage(Schema):

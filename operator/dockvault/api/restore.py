@@ -9,7 +9,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BeforeValidator, Field, ValidationError, WithJsonSchema, model_validator
 
-from .common import API_VERSION, BACKUP_ID_PATTERN, Condition, ObjectMeta, ResourceName, Schema, TargetName, VolumeName
+from .common import (
+    API_VERSION,
+    BACKUP_ID_PATTERN,
+    Condition,
+    ContainerName,
+    DatabaseName,
+    ObjectMeta,
+    PasswordFrom,
+    ResourceName,
+    Schema,
+    TargetName,
+    VolumeName,
+)
 
 
 class BackupBefore(Schema):
@@ -51,15 +63,42 @@ class VolumeRestore(Schema):
     overwrite: bool = Field(False, description="allow replacing the contents of an existing volume")
 
 
+class DatabaseRestore(Schema):
+    container: ContainerName = Field(description="running database container to restore into (same or another)")
+    database: DatabaseName = Field(description="database to restore into; created when missing")
+    from_database: DatabaseName | None = Field(None, description="which dumped database, when the target dumped several")
+    overwrite: bool = Field(False, description="allow restoring into an existing database")
+    user: str | None = Field(None, min_length=1)
+    password_from: PasswordFrom | None = None
+
+
+class PostgresRestore(DatabaseRestore):
+    tables: list[str] | None = Field(None, min_length=1, description="restore only these tables")
+    globals_: bool = Field(False, alias="globals", description="restore roles (pg_dumpall --globals-only) first")
+
+
+class MysqlRestore(DatabaseRestore):
+    pass
+
+
+DESTINATION_KINDS = ("volume", "postgres", "mysql")
+
+
 class RestoreTarget(Schema):
     from_: TargetName = Field(alias="from", description="the policy's target to restore")
     volume: VolumeRestore | None = None
+    postgres: PostgresRestore | None = None
+    mysql: MysqlRestore | None = None
 
     @model_validator(mode="after")
     def _exactly_one_destination(self) -> RestoreTarget:
-        if self.volume is None:
-            raise ValueError("a restore target needs exactly one destination: volume")
+        if len([kind for kind in DESTINATION_KINDS if getattr(self, kind) is not None]) != 1:
+            raise ValueError(f"a restore target needs exactly one destination: {', '.join(DESTINATION_KINDS)}")
         return self
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in DESTINATION_KINDS if getattr(self, kind) is not None)
 
 
 class RestoreRequestSpec(Schema):

@@ -6,12 +6,15 @@ reads frame by frame and costs a third of the throughput.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 
@@ -113,6 +116,23 @@ class ExecProcess:
             time.sleep(0.05)
         code = info.get("ExitCode")
         return ExecResult(-1 if code is None else int(code), b"", self._stderr.decode("utf-8", "replace").strip())
+
+    def kill(self) -> bool:
+        """SIGKILL the process, so a client never mistakes an aborted input for a complete one.
+
+        Only a local engine allows it, and only a PID whose cgroup names the container is signalled.
+        """
+        info = self._api.exec_inspect(self.exec_id)
+        pid, container = info.get("Pid"), info.get("ContainerID", "")
+        if not pid or not container or not info.get("Running"):
+            return False
+        try:
+            if container not in Path(f"/proc/{pid}/cgroup").read_text():
+                return False
+            os.kill(pid, signal.SIGKILL)
+            return True
+        except (OSError, ValueError):
+            return False
 
     def close(self) -> None:
         try:

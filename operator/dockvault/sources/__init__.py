@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import volume
+from . import mysql, postgres, volume
 from .base import BackupContext, RestoreContext, RestoreRefused, Source, SourceError
 
-SOURCES: dict[str, Source] = {volume.kind: volume}
+SOURCES: dict[str, Source] = {module.kind: module for module in (volume, postgres, mysql)}
 
 
 def source_for(kind: str) -> Source:

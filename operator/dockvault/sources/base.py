@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -57,13 +57,24 @@ class BackupContext:
         return job_labels(policy=self.policy, target=target, job=self.job_id)
 
     def publish(
-        self, *, target: str, source: str, base_name: str, chunks: Iterable[bytes], details: dict[str, str]
+        self,
+        *,
+        target: str,
+        source: str,
+        base_name: str,
+        chunks: Iterable[bytes],
+        details: dict[str, str],
+        compression: CompressionSpec | None = None,
     ) -> Artifact:
-        """Compress `chunks` into an artifact and publish it atomically once the stream ended cleanly."""
+        """Compress `chunks` into an artifact and publish it atomically once the stream ended cleanly.
+
+        `compression` overrides the policy's for streams that arrive compressed (pg_dump -Fc).
+        """
         started = _now()
-        name = base_name + SUFFIXES[self.compression.algorithm]
+        compression = compression or self.compression
+        name = base_name + SUFFIXES[compression.algorithm]
         with contextlib.closing(iter(chunks)) as stream, self.writer.artifact(name) as out:
-            sink = CompressingWriter(out, self.compression)
+            sink = CompressingWriter(out, compression)
             for chunk in stream:
                 check_cancel(self.cancel)
                 sink.write(chunk)
@@ -77,8 +88,8 @@ class BackupContext:
             bytes=sink.bytes,
             raw_bytes=sink.raw_bytes,
             sha256=sink.sha256,
-            compression=self.compression.algorithm,
-            level=self.compression.effective_level,
+            compression=compression.algorithm,
+            level=compression.effective_level,
             started_at=started,
             completed_at=_now(),
             details=details,
@@ -94,8 +105,17 @@ class RestoreContext:
     notes: list[str] = field(default_factory=list)
     cancel: threading.Event | None = None
 
+    def stream(self, opener: Opener) -> Iterator[bytes]:
+        for chunk in opener():
+            check_cancel(self.cancel)
+            yield chunk
+
     def labels(self, target: str) -> dict[str, str]:
         return job_labels(policy=self.policy, target=target, job=self.job_id)
+
+
+Opener = Callable[[], Iterator[bytes]]
+"""Opens an artifact's decompressed stream; raises at its end if the bytes do not match the manifest."""
 
 
 class Source(Protocol):
@@ -105,5 +125,7 @@ class Source(Protocol):
 
     def backup(self, target: BackupTarget, ctx: BackupContext) -> list[Artifact]: ...
 
-    def restore(self, artifact: Artifact, chunks: Iterable[bytes], destination: RestoreTarget, ctx: RestoreContext) -> None:
-        """Restore from the decompressed, checksum-verified stream of `artifact`."""
+    def artifacts_for(self, artifacts: list[Artifact], destination: RestoreTarget) -> list[Artifact]:
+        """Which of a target's artifacts this destination needs, in restore order (checksummed before any write)."""
+
+    def restore(self, destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext) -> None: ...

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from ..api.backup import Artifact
 from ..api.policy import BackupTarget
 from ..api.restore import RestoreTarget
-from ..engine.core import Engine, Helper
+from ..engine.core import Helper
 from ..engine.fifo import PeerGone
 from ..engine.quiesce import quiesced
-from .base import BackupContext, RestoreContext, RestoreRefused, SourceError, check_cancel
+from .base import BackupContext, Opener, RestoreContext, RestoreRefused, SourceError
 from .tarcheck import checked_tar
 
 kind = "volume"
@@ -89,7 +89,12 @@ def _abort(helper: Helper) -> None:
         pass
 
 
-def restore(artifact: Artifact, chunks: Iterable[bytes], destination: RestoreTarget, ctx: RestoreContext) -> None:
+def artifacts_for(artifacts: list[Artifact], destination: RestoreTarget) -> list[Artifact]:
+    return artifacts[:1]
+
+
+def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext) -> None:
+    ((_, opener),) = streams
     spec = destination.volume
     assert spec is not None
     engine = ctx.engine
@@ -108,8 +113,7 @@ def restore(artifact: Artifact, chunks: Iterable[bytes], destination: RestoreTar
                            read_only=False, labels=ctx.labels(destination.from_), pipes=("stream", "control")) as helper:
             try:
                 with helper.writer("stream") as out:
-                    for block in checked_tar(chunks):
-                        check_cancel(ctx.cancel)
+                    for block in checked_tar(ctx.stream(opener)):
                         out.write(block)
                 with helper.writer("control") as control:
                     control.write(b"commit\n")

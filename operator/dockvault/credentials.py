@@ -1,0 +1,72 @@
+"""Passwords stay out of argv, logs, metrics, status and manifests: resolved late, masked everywhere.
+
+Every secret dockvault learns is registered here; a logging filter and `mask()` replace it wherever it
+would otherwise be printed (an error from a database client may echo what it was given).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from .api.common import PasswordFrom
+
+MASK = "********"
+_known: set[str] = set()
+_lock = threading.Lock()
+
+
+class SecretError(RuntimeError):
+    pass
+
+
+def register(value: str) -> str:
+    if len(value) >= 3:  # masking one or two characters would garble every message
+        with _lock:
+            _known.add(value)
+    return value
+
+
+def mask(text: str) -> str:
+    with _lock:
+        known = sorted(_known, key=len, reverse=True)
+    for value in known:
+        text = text.replace(value, MASK)
+    return text
+
+
+class MaskingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+def install_log_masking(logger: logging.Logger | None = None) -> None:
+    target = logger or logging.getLogger()
+    for handler in target.handlers:
+        if not any(isinstance(f, MaskingFilter) for f in handler.filters):
+            handler.addFilter(MaskingFilter())
+
+
+def resolve_password(source: PasswordFrom | None, container_env: Mapping[str, str], keys: tuple[str, ...],
+                     *, what: str) -> str | None:
+    """The password from `passwordFrom`, else from the first of `keys` in the container's environment."""
+    if source is not None and source.env is not None:
+        if source.env not in os.environ:
+            raise SecretError(f"{what}: passwordFrom.env: environment variable {source.env} is not set for dockvault")
+        return register(os.environ[source.env])
+    if source is not None and source.file is not None:
+        try:
+            return register(Path(source.file).read_text(encoding="utf-8").rstrip("\r\n"))
+        except OSError as exc:
+            raise SecretError(f"{what}: passwordFrom.file: cannot read {source.file}: {exc.strerror}") from None
+    for key in keys:
+        if container_env.get(key):
+            return register(container_env[key])
+    return None

@@ -1,0 +1,115 @@
+"""What the database sources share: finding the container, its credentials, and exec streams that fail loudly."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import docker.errors
+
+from ..api.backup import Artifact
+from ..api.restore import RestoreTarget
+from ..engine.core import Engine
+from ..engine.execstream import ExecProcess, ExecResult, run
+from ..credentials import SecretError, mask, resolve_password
+from .base import SourceError, check_cancel
+
+
+@dataclass
+class DbContainer:
+    """A running database container and the exec environment that authenticates to its server."""
+
+    engine: Engine
+    id: str
+    name: str
+    env: dict[str, str] = field(repr=False)
+    image: str = ""
+
+    def run(self, argv: list[str], *, stdin: Iterable[bytes] | None = None, what: str) -> bytes:
+        """Run a short client command; a non-zero exit is a SourceError naming `what`."""
+        result = run(self.engine.client, self.id, argv, env=self.env, stdin=stdin)
+        self.check(result, what)
+        return result.stdout
+
+    def check(self, result: ExecResult, what: str) -> None:
+        if result.exit_code in (126, 127):
+            raise SourceError(f"{what}: client tool not found in container {self.name!r} "
+                              f"(exit {result.exit_code}): {mask(result.stderr)}")
+        if result.exit_code != 0:
+            raise SourceError(f"{what} failed in container {self.name!r} (exit {result.exit_code}): {mask(result.stderr)}")
+
+    def stream(self, argv: list[str], *, what: str, cancel=None) -> Iterator[bytes]:
+        """Stdout of a long-running dump; ending early or exiting non-zero raises, so nothing is published."""
+        with ExecProcess(self.engine.client, self.id, argv, env=self.env) as proc:
+            for chunk in proc.stdout():
+                check_cancel(cancel)
+                yield chunk
+            result = proc.result()
+        if result.exit_code != 0:
+            state = self.state()
+            detail = f"; container is {state}" if state != "running" else ""
+            raise SourceError(f"{what} failed in container {self.name!r} (exit {result.exit_code}{detail}): "
+                              f"{mask(result.stderr) or 'stream ended early'}")
+
+    def feed(self, argv: list[str], chunks: Iterable[bytes], *, what: str, cancel=None) -> None:
+        """Stream `chunks` into a client's stdin; a failure on our side kills the client before it sees EOF."""
+        with ExecProcess(self.engine.client, self.id, argv, env=self.env, stdin=True) as proc:
+            def guarded() -> Iterator[bytes]:
+                for chunk in chunks:
+                    check_cancel(cancel)
+                    yield chunk
+
+            try:
+                proc.feed(guarded())
+            except BaseException:
+                # The client must not take a cut-short input for the whole (a transaction would commit it).
+                with contextlib.suppress(Exception):
+                    proc.kill()
+                raise
+            result = proc.result()
+        self.check(result, what)
+
+    def state(self) -> str:
+        try:
+            return self.engine.client.containers.get(self.id).status
+        except docker.errors.NotFound:
+            return "removed"
+
+
+def connect(engine: Engine, container: str, *, what: str) -> tuple[str, str, dict[str, str], str]:
+    """The container's id, name, environment and image; it must exist and be running."""
+    try:
+        found = engine.client.containers.get(container)
+    except docker.errors.NotFound:
+        raise SourceError(f"{what}: container {container!r} does not exist") from None
+    if found.status != "running":
+        raise SourceError(f"{what}: container {container!r} is {found.status}, not running")
+    env = dict(item.split("=", 1) for item in found.attrs["Config"].get("Env") or [] if "=" in item)
+    return found.id, found.name, env, found.attrs["Config"].get("Image", "")
+
+
+def credentials(spec, container_env: Mapping[str, str], keys: tuple[str, ...], what: str) -> str | None:
+    try:
+        return resolve_password(spec.password_from, container_env, keys, what=what)
+    except SecretError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def hex_names(output: bytes) -> list[str]:
+    """Names listed as hex, one per line: immune to quotes, spaces, newlines and odd encodings."""
+    return [bytes.fromhex(line).decode("utf-8") for line in output.decode().split() if line]
+
+
+def pick_dumps(artifacts: list[Artifact], destination: RestoreTarget, wanted: str | None, *, field: str) -> list[Artifact]:
+    """The dump of one database: the one named, or the only one the target has."""
+    dumps = [a for a in artifacts if a.details.get("database")]
+    if wanted is None and len(dumps) == 1:
+        return dumps
+    if wanted is None:
+        names = ", ".join(repr(a.details["database"]) for a in dumps)
+        raise SourceError(f"target {destination.from_!r} holds several databases ({names}); set {field}")
+    chosen = [a for a in dumps if a.details["database"] == wanted]
+    if not chosen:
+        raise SourceError(f"target {destination.from_!r} has no dump of database {wanted!r}")
+    return chosen

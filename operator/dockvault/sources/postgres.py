@@ -1,0 +1,112 @@
+"""PostgreSQL: pg_dump -Fc per database plus roles, run inside the database's own container.
+
+Client and server versions always match because the container's own tools do the work; the
+connection is the container's local socket, never the network. Database names travel inside a
+quoted connection string or as psql variables, never through a shell or SQL text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from urllib.parse import quote
+
+from ..api.backup import Artifact
+from ..api.policy import BackupTarget, CompressionSpec
+from ..api.restore import RestoreTarget
+from .base import BackupContext, Opener, RestoreContext, RestoreRefused
+from .database import DbContainer, connect, credentials, hex_names, pick_dumps
+
+kind = "postgres"
+PASSWORD_KEYS = ("POSTGRES_PASSWORD",)
+STORED = CompressionSpec(algorithm="none")  # pg_dump -Fc compresses already
+LIST_DATABASES = ("SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database "
+                  "WHERE datallowconn AND NOT datistemplate ORDER BY datname")
+
+
+def conninfo(database: str) -> str:
+    """A libpq connection string selecting `database`, quoted so no name can add parameters."""
+    escaped = database.replace("\\", "\\\\").replace("'", "\\'")
+    return f"dbname='{escaped}'"
+
+
+def psql(database: str, sql: str) -> list[str]:
+    return ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", f"--dbname={conninfo(database)}", "-c", sql]
+
+
+def _db(ctx_engine, spec, *, what: str) -> DbContainer:
+    cid, name, env, image = connect(ctx_engine, spec.container, what=what)
+    user = spec.user or env.get("POSTGRES_USER") or "postgres"
+    password = credentials(spec, env, PASSWORD_KEYS, what)
+    exec_env = {"PGUSER": user, "PGAPPNAME": "dockvault", "PGCONNECT_TIMEOUT": "10"}
+    if password is not None:
+        exec_env["PGPASSWORD"] = password  # exec environment: not in argv, not in `docker inspect`
+    return DbContainer(ctx_engine, cid, name, exec_env, image)
+
+
+def artifact_name(target: str, database: str) -> str:
+    return f"{target}.{quote(database, safe='')}.pgdump"
+
+
+def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
+    spec = target.postgres
+    assert spec is not None
+    what = f"target {target.name}"
+    db = _db(ctx.engine, spec, what=what)
+    server = db.run(psql("postgres", "SHOW server_version"), what="psql").decode().strip()
+    client = db.run(["pg_dump", "--version"], what="pg_dump --version").decode().strip()
+    databases = spec.databases or hex_names(db.run(psql("postgres", LIST_DATABASES), what="listing databases"))
+    facts = {"container": db.name, "image": db.image, "serverVersion": server, "pgDumpVersion": client,
+             "databases": ",".join(quote(d, safe="") for d in databases)}
+    artifacts = []
+    for database in databases:
+        chunks = db.stream(["pg_dump", "--format=custom", f"--dbname={conninfo(database)}"],
+                           what=f"pg_dump of database {database!r}", cancel=ctx.cancel)
+        artifacts.append(ctx.publish(target=target.name, source=kind, base_name=artifact_name(target.name, database),
+                                     chunks=chunks, compression=STORED,
+                                     details={**facts, "database": database, "format": "pg_dump custom"}))
+    roles = db.stream(["pg_dumpall", "--globals-only", f"--dbname={conninfo('postgres')}"],
+                      what="pg_dumpall --globals-only", cancel=ctx.cancel)
+    artifacts.append(ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.globals.sql", chunks=roles,
+                                 details={**facts, "database": "", "format": "pg_dumpall globals (SQL)"}))
+    return artifacts
+
+
+def artifacts_for(artifacts: list[Artifact], destination: RestoreTarget) -> list[Artifact]:
+    spec = destination.postgres
+    assert spec is not None
+    chosen = pick_dumps(artifacts, destination, spec.from_database, field="postgres.fromDatabase")
+    roles = [a for a in artifacts if not a.details.get("database")] if spec.globals_ else []
+    return roles + chosen
+
+
+def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext) -> None:
+    spec = destination.postgres
+    assert spec is not None
+    db = _db(ctx.engine, spec, what=f"restore of {destination.from_}")
+    existing = hex_names(db.run(psql("postgres", LIST_DATABASES), what="listing databases"))
+    exists = spec.database in existing
+    if exists and not spec.overwrite:
+        raise RestoreRefused(f"database {spec.database!r} already exists in container {db.name!r}; "
+                             "set overwrite: true to restore into it")
+    *roles, (_, dump) = streams
+    for _, opener in roles:
+        # Roles that exist already make their CREATE fail; the rest must still apply, so errors do not stop it.
+        db.feed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0", f"--dbname={conninfo('postgres')}"],
+                ctx.stream(opener), what="restoring roles", cancel=ctx.cancel)
+    if not exists:
+        db.feed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"name={spec.database}",
+                 f"--dbname={conninfo('postgres')}"], [b'CREATE DATABASE :"name";\n'], what="creating the database")
+    argv = ["pg_restore", "--exit-on-error", "--single-transaction", f"--dbname={conninfo(spec.database)}"]
+    if exists:
+        argv += ["--clean", "--if-exists"]
+    for table in spec.tables or []:
+        argv += ["--table", table]
+    try:
+        db.feed(argv, ctx.stream(dump), what=f"pg_restore into database {spec.database!r}", cancel=ctx.cancel)
+    except BaseException:
+        if not exists:
+            with contextlib.suppress(Exception):
+                db.feed(["psql", "-X", "-q", "-v", "name=" + spec.database, f"--dbname={conninfo('postgres')}"],
+                        [b'DROP DATABASE IF EXISTS :"name";\n'], what="dropping the half-restored database")
+        raise
+    ctx.notes.append(f"{'restored into' if exists else 'created'} database {spec.database} in {db.name}")
