@@ -19,9 +19,11 @@
 # (answering) and DOCKVAULT_TEST_IMAGE (present there) to skip steps 2-3.
 set -euo pipefail
 
-# Packages added to the minbase fixture image: the one place to extend it
-# (later: postgresql-15 mariadb-server).
-FIXTURE_PACKAGES=(zstd)
+# Packages added to the minbase fixture image: the one place to extend it.
+# zstd: archives; postgresql-15, mariadb-server/-client: database dump tests
+# (servers started by tests/dbfixtures.py, nothing starts on its own: the
+# image has no CMD and no init); procps: `ps` for argv checks in containers.
+FIXTURE_PACKAGES=(zstd postgresql-15 mariadb-server mariadb-client procps)
 FIXTURE_SUITE=bookworm
 FIXTURE_VARIANT=minbase
 FIXTURE_REPO=dockvault-fixture
@@ -312,7 +314,12 @@ build_rootfs() {  # out_file
     local include
     include=$(IFS=,; echo "${FIXTURE_PACKAGES[*]}")
     # No mirror argument and stdin from /dev/null: the host's apt sources.
+    # The hook drops the database instances the postinst scripts create (a
+    # PostgreSQL "main" cluster, a MariaDB datadir whose root logs in by
+    # unix_socket): ~150 MB, and Docker would copy them into any empty named
+    # volume mounted on /var/lib/mysql, so a "fresh" volume would not be.
     TMPDIR="$TMP" mmdebstrap --quiet --variant="$FIXTURE_VARIANT" --include="$include" \
+        --customize-hook='rm -rf "$1"/etc/postgresql/*/main "$1"/var/lib/postgresql/*/main "$1"/var/lib/mysql/*' \
         "$FIXTURE_SUITE" - </dev/null | zstd -q -T0 -3 -o "$1"
 }
 

@@ -54,18 +54,17 @@ def install_log_masking(logger: logging.Logger | None = None) -> None:
             handler.addFilter(MaskingFilter())
 
 
-def resolve_password(source: PasswordFrom | None, container_env: Mapping[str, str], keys: tuple[str, ...],
-                     *, what: str) -> str | None:
+def resolve_password(source: PasswordFrom | None, container_env: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
     """The password from `passwordFrom`, else from the first of `keys` in the container's environment."""
     if source is not None and source.env is not None:
         if source.env not in os.environ:
-            raise SecretError(f"{what}: passwordFrom.env: environment variable {source.env} is not set for dockvault")
+            raise SecretError(f"passwordFrom.env: environment variable {source.env} is not set for dockvault")
         return register(os.environ[source.env])
     if source is not None and source.file is not None:
         try:
             return register(Path(source.file).read_text(encoding="utf-8").rstrip("\r\n"))
         except OSError as exc:
-            raise SecretError(f"{what}: passwordFrom.file: cannot read {source.file}: {exc.strerror}") from None
+            raise SecretError(f"passwordFrom.file: cannot read {source.file}: {exc.strerror}") from None
     for key in keys:
         if container_env.get(key):
             return register(container_env[key])

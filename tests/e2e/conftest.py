@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from tests.dbfixtures import maria_database, maria_server, pg_database, pg_server  # noqa: F401  (fixtures)
+
 
 @pytest.fixture
 def cli_env(tmp_path, test_image) -> dict[str, str]:

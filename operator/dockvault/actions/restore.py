@@ -104,7 +104,10 @@ def run_restore(
         for destination, artifacts in plan:
             log.info("restore %s: %s/%s target %s", request.name, policy.name, backup.id, destination.from_)
             streams = [(a, functools.partial(open_decompressed, a)) for a in artifacts]
-            source_for(destination.kind).restore(destination, streams, ctx)
+            try:
+                source_for(destination.kind).restore(destination, streams, ctx)
+            except SourceError as exc:
+                raise SourceError(f"target {destination.from_}: {exc}") from exc
     except (NoSuchBackup, RestoreError, ChecksumMismatch, SourceError, EngineError, OSError, ValueError, EOFError) as exc:
         log.error("restore %s failed: %s", request.name, exc)
         return RestoreOutcome(status("Failed", mask(str(exc))))

@@ -82,15 +82,15 @@ class ExecProcess:
             elif kind == 1:
                 yield payload
 
-    def feed(self, chunks: Iterable[bytes]) -> bytes:
-        """Write `chunks` to stdin, then close it; returns what the process wrote to stdout (bounded)."""
+    def feed(self, chunks: Iterable[bytes], *, limit: int = STDERR_KEEP) -> bytes:
+        """Write `chunks` to stdin, then close it; returns what the process wrote to stdout (up to `limit`)."""
         collected = bytearray()
 
         def drain() -> None:
             try:
                 for chunk in self.stdout():
-                    if len(collected) < STDERR_KEEP:
-                        collected.extend(chunk[: STDERR_KEEP - len(collected)])
+                    if len(collected) < limit:
+                        collected.extend(chunk[: limit - len(collected)])
             except OSError:
                 pass
 
@@ -152,7 +152,7 @@ def run(client: docker.DockerClient, container: str, argv: list[str], *, env: Ma
     """Run a short command to completion; stdout is kept up to `limit` bytes."""
     with ExecProcess(client, container, argv, env=env, user=user, stdin=stdin is not None) as proc:
         if stdin is not None:
-            out = proc.feed(stdin)
+            out = proc.feed(stdin, limit=limit)
         else:
             kept = bytearray()
             for chunk in proc.stdout():

@@ -77,21 +77,21 @@ class DbContainer:
             return "removed"
 
 
-def connect(engine: Engine, container: str, *, what: str) -> tuple[str, str, dict[str, str], str]:
+def connect(engine: Engine, container: str) -> tuple[str, str, dict[str, str], str]:
     """The container's id, name, environment and image; it must exist and be running."""
     try:
         found = engine.client.containers.get(container)
     except docker.errors.NotFound:
-        raise SourceError(f"{what}: container {container!r} does not exist") from None
+        raise SourceError(f"container {container!r} does not exist") from None
     if found.status != "running":
-        raise SourceError(f"{what}: container {container!r} is {found.status}, not running")
+        raise SourceError(f"container {container!r} is {found.status}, not running")
     env = dict(item.split("=", 1) for item in found.attrs["Config"].get("Env") or [] if "=" in item)
     return found.id, found.name, env, found.attrs["Config"].get("Image", "")
 
 
-def credentials(spec, container_env: Mapping[str, str], keys: tuple[str, ...], what: str) -> str | None:
+def credentials(spec, container_env: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
     try:
-        return resolve_password(spec.password_from, container_env, keys, what=what)
+        return resolve_password(spec.password_from, container_env, keys)
     except SecretError as exc:
         raise SourceError(str(exc)) from None
 

@@ -31,14 +31,14 @@ def identifier(name: str) -> str:
 class Server:
     """A MySQL/MariaDB server in a container, reached with the client tools that container ships."""
 
-    def __init__(self, engine, spec, *, what: str) -> None:
-        cid, name, env, image = connect(engine, spec.container, what=what)
-        password = credentials(spec, env, PASSWORD_KEYS, what)
+    def __init__(self, engine, spec) -> None:
+        cid, name, env, image = connect(engine, spec.container)
+        password = credentials(spec, env, PASSWORD_KEYS)
         self.db = DbContainer(engine, cid, name, {"MYSQL_PWD": password} if password is not None else {}, image)
         found = self.db.run(["sh", "-c", "command -v mariadb-dump || command -v mysqldump || true"],
                             what="finding mysqldump").decode().split()
         if not found:
-            raise SourceError(f"{what}: container {name!r} has neither mariadb-dump nor mysqldump")
+            raise SourceError(f"container {name!r} has neither mariadb-dump nor mysqldump")
         self.dump = found[0]
         self.mariadb = self.dump.endswith("mariadb-dump")
         self.client = "mariadb" if self.mariadb else "mysql"
@@ -54,7 +54,7 @@ class Server:
 def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
     spec = target.mysql
     assert spec is not None
-    server = Server(ctx.engine, spec, what=f"target {target.name}")
+    server = Server(ctx.engine, spec)
     db = server.db
     version = server.sql(b"SELECT VERSION();", what="server version").decode().strip()
     tool = db.run([server.dump, "--version"], what="mysqldump --version").decode().strip()
@@ -83,7 +83,7 @@ def artifacts_for(artifacts: list[Artifact], destination: RestoreTarget) -> list
 def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext) -> None:
     spec = destination.mysql
     assert spec is not None
-    server = Server(ctx.engine, spec, what=f"restore of {destination.from_}")
+    server = Server(ctx.engine, spec)
     exists = spec.database in server.databases()
     if exists and not spec.overwrite:
         raise RestoreRefused(f"database {spec.database!r} already exists in container {server.db.name!r}; "

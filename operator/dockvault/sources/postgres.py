@@ -30,17 +30,17 @@ def conninfo(database: str) -> str:
 
 
 def psql(database: str, sql: str) -> list[str]:
-    return ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", f"--dbname={conninfo(database)}", "-c", sql]
+    return ["psql", "-X", "-w", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", f"--dbname={conninfo(database)}", "-c", sql]
 
 
-def _db(ctx_engine, spec, *, what: str) -> DbContainer:
-    cid, name, env, image = connect(ctx_engine, spec.container, what=what)
+def _db(engine, spec) -> DbContainer:
+    cid, name, env, image = connect(engine, spec.container)
     user = spec.user or env.get("POSTGRES_USER") or "postgres"
-    password = credentials(spec, env, PASSWORD_KEYS, what)
+    password = credentials(spec, env, PASSWORD_KEYS)
     exec_env = {"PGUSER": user, "PGAPPNAME": "dockvault", "PGCONNECT_TIMEOUT": "10"}
     if password is not None:
         exec_env["PGPASSWORD"] = password  # exec environment: not in argv, not in `docker inspect`
-    return DbContainer(ctx_engine, cid, name, exec_env, image)
+    return DbContainer(engine, cid, name, exec_env, image)
 
 
 def artifact_name(target: str, database: str) -> str:
@@ -50,8 +50,7 @@ def artifact_name(target: str, database: str) -> str:
 def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
     spec = target.postgres
     assert spec is not None
-    what = f"target {target.name}"
-    db = _db(ctx.engine, spec, what=what)
+    db = _db(ctx.engine, spec)
     server = db.run(psql("postgres", "SHOW server_version"), what="psql").decode().strip()
     client = db.run(["pg_dump", "--version"], what="pg_dump --version").decode().strip()
     databases = spec.databases or hex_names(db.run(psql("postgres", LIST_DATABASES), what="listing databases"))
@@ -59,12 +58,12 @@ def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
              "databases": ",".join(quote(d, safe="") for d in databases)}
     artifacts = []
     for database in databases:
-        chunks = db.stream(["pg_dump", "--format=custom", f"--dbname={conninfo(database)}"],
+        chunks = db.stream(["pg_dump", "--no-password", "--format=custom", f"--dbname={conninfo(database)}"],
                            what=f"pg_dump of database {database!r}", cancel=ctx.cancel)
         artifacts.append(ctx.publish(target=target.name, source=kind, base_name=artifact_name(target.name, database),
                                      chunks=chunks, compression=STORED,
                                      details={**facts, "database": database, "format": "pg_dump custom"}))
-    roles = db.stream(["pg_dumpall", "--globals-only", f"--dbname={conninfo('postgres')}"],
+    roles = db.stream(["pg_dumpall", "--no-password", "--globals-only", f"--dbname={conninfo('postgres')}"],
                       what="pg_dumpall --globals-only", cancel=ctx.cancel)
     artifacts.append(ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.globals.sql", chunks=roles,
                                  details={**facts, "database": "", "format": "pg_dumpall globals (SQL)"}))
@@ -82,7 +81,7 @@ def artifacts_for(artifacts: list[Artifact], destination: RestoreTarget) -> list
 def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext) -> None:
     spec = destination.postgres
     assert spec is not None
-    db = _db(ctx.engine, spec, what=f"restore of {destination.from_}")
+    db = _db(ctx.engine, spec)
     existing = hex_names(db.run(psql("postgres", LIST_DATABASES), what="listing databases"))
     exists = spec.database in existing
     if exists and not spec.overwrite:
@@ -91,12 +90,12 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
     *roles, (_, dump) = streams
     for _, opener in roles:
         # Roles that exist already make their CREATE fail; the rest must still apply, so errors do not stop it.
-        db.feed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0", f"--dbname={conninfo('postgres')}"],
+        db.feed(["psql", "-X", "-w", "-q", "-v", "ON_ERROR_STOP=0", f"--dbname={conninfo('postgres')}"],
                 ctx.stream(opener), what="restoring roles", cancel=ctx.cancel)
     if not exists:
-        db.feed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"name={spec.database}",
+        db.feed(["psql", "-X", "-w", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"name={spec.database}",
                  f"--dbname={conninfo('postgres')}"], [b'CREATE DATABASE :"name";\n'], what="creating the database")
-    argv = ["pg_restore", "--exit-on-error", "--single-transaction", f"--dbname={conninfo(spec.database)}"]
+    argv = ["pg_restore", "--no-password", "--exit-on-error", "--single-transaction", f"--dbname={conninfo(spec.database)}"]
     if exists:
         argv += ["--clean", "--if-exists"]
     for table in spec.tables or []:
@@ -106,7 +105,7 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
     except BaseException:
         if not exists:
             with contextlib.suppress(Exception):
-                db.feed(["psql", "-X", "-q", "-v", "name=" + spec.database, f"--dbname={conninfo('postgres')}"],
+                db.feed(["psql", "-X", "-w", "-q", "-v", "name=" + spec.database, f"--dbname={conninfo('postgres')}"],
                         [b'DROP DATABASE IF EXISTS :"name";\n'], what="dropping the half-restored database")
         raise
     ctx.notes.append(f"{'restored into' if exists else 'created'} database {spec.database} in {db.name}")
