@@ -35,7 +35,7 @@ app.add_typer(describe_app, name="describe")
 
 # Piped output is for scripts and grep: never wrap or cut it at 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _default_state_dir() -> str:
