@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +18,8 @@ from rich.table import Table
 
 from . import __version__
 from .api import BackupPolicy, load_paths
+from .api.common import format_duration
+from .api.policy import BackupPolicyStatus
 from .controller.retention import plan_retention
 from .credentials import install_log_masking
 from .controller.status import policy_status
@@ -229,21 +231,40 @@ def _emit(rows: list[dict], columns: list[str], output: str) -> None:
     out.print(table)
 
 
+def _seconds(value: float | timedelta | None) -> str:
+    if value is None:
+        return "-"
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    return format_duration(timedelta(seconds=max(0, round(seconds)))) if seconds >= 1 else f"{seconds:.1f}s"
+
+
+def _status(policy: BackupPolicy, state: StateStore, now: datetime) -> BackupPolicyStatus:
+    """The policy's status now; conditions are remembered so their lastTransitionTime holds still."""
+    status = policy_status(policy, repository_for(policy).backups(policy.name), state.last_attempt(policy.name),
+                           now=now, measured=state.last_measurement(policy.name), previous=state.conditions(policy.name))
+    state.save_conditions(policy.name, status.conditions)
+    return status
+
+
 def _policy_rows(config_dir: Path, state: StateStore, now: datetime) -> list[dict]:
     rows = []
     config = load_config(config_dir)
     for name, item in sorted(config.policies.items()):
         policy: BackupPolicy = item.resource  # type: ignore[assignment]
-        backups = repository_for(policy).backups(name)
-        status = policy_status(policy, backups, state.last_attempt(name), now=now)
+        status = _status(policy, state, now)
         ready = status.conditions[0]
         last_ok = status.last_successful_backup
+        objectives = policy.spec.objectives
         rows.append({
             "NAME": name, "READY": ready.status, "REASON": ready.reason,
             "LAST SUCCESS": _age(last_ok.completed_at, now) if last_ok else None,
             "LAST BACKUP": f"{status.last_backup.id} {status.last_backup.phase}" if status.last_backup else None,
             "NEXT RUN": _age(status.next_backup_at, now) if status.next_backup_at else None,
-            "BACKUPS": status.backups, "FILE": item.file,
+            "BACKUPS": status.backups,
+            "RPO AGE / TARGET": f"{_seconds(status.rpo_age_seconds)} / {_seconds(objectives.rpo)}",
+            "LAST RTO / TARGET": f"{_seconds(status.measured_rto.seconds if status.measured_rto else None)} / "
+                                 f"{_seconds(objectives.rto)}",
+            "FILE": item.file,
             "status": status.to_dict(),
         })
     for error in config.errors:
@@ -258,7 +279,7 @@ def _policy_rows(config_dir: Path, state: StateStore, now: datetime) -> list[dic
 def get_policies(config_dir: ConfigDir, state_dir: StateDir = Path(_default_state_dir()), output: Output = "table") -> None:
     """NAME, READY, LAST SUCCESS, NEXT RUN, BACKUPS for every policy."""
     rows = _policy_rows(config_dir, StateStore(state_dir), datetime.now(UTC))
-    columns = ["NAME", "READY", "REASON", "LAST SUCCESS", "LAST BACKUP", "NEXT RUN", "BACKUPS"]
+    columns = ["NAME", "READY", "REASON", "LAST SUCCESS", "NEXT RUN", "BACKUPS", "RPO AGE / TARGET", "LAST RTO / TARGET"]
     _emit(rows if output != "table" else [{k: v for k, v in r.items() if k != "status"} for r in rows], columns, output)
 
 
@@ -311,7 +332,7 @@ def describe_policy(name: str, config_dir: ConfigDir, state_dir: StateDir = Path
     policy = _policy(config_dir, name)
     state = StateStore(state_dir)
     now = datetime.now(UTC)
-    status = policy_status(policy, repository_for(policy).backups(name), state.last_attempt(name), now=now)
+    status = _status(policy, state, now)
     document = policy.model_copy(update={"status": status}).to_dict()
     out.print(yaml.safe_dump(document, sort_keys=False), highlight=False)
     out.print("Recent runs:", style="bold")

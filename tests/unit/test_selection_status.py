@@ -9,7 +9,7 @@ import pytest
 
 from dockvault.api.restore import BackupBefore
 from dockvault.controller.selection import NoSuchBackup, select_backup
-from dockvault.controller.status import Attempt, policy_status, ready_condition
+from dockvault.controller.status import Attempt, Measurement, policy_status, ready_condition
 from tests.unit.builders import backup, policy, utc
 
 OK1 = backup(utc(2026, 11, 21, 3))  # completed 03:02
@@ -148,11 +148,28 @@ def ref(b, **extra) -> dict:
             "completedAt": st.completed_at.isoformat().replace("+00:00", "Z"), "bytes": st.bytes, **extra}
 
 
+def stamped(status: str, reason: str, message: str, *, kind: str = "Ready", since: str, generation: int = 3) -> dict:
+    return {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": since,
+            "observedGeneration": generation}
+
+
+def ready_only(status) -> list[dict]:
+    """The Ready condition without its stamps, for tests about readiness alone."""
+    return [{k: v for k, v in c.to_dict().items() if k in ("type", "status", "reason", "message")}
+            for c in status.conditions if c.type == "Ready"]
+
+
 def test_status_without_any_backup():
     now = utc(2026, 11, 21, 12)
     assert policy_status(NIGHTLY, [], None, now=now).to_dict() == {
         "observedGeneration": 3,
-        "conditions": [condition("Unknown", "NoBackupYet", "no backup has completed yet")],
+        "conditions": [
+            stamped("Unknown", "NoBackupYet", "no backup has completed yet", since="2026-11-21T12:00:00Z"),
+            stamped("False", "NoSuccessfulBackup", "no successful backup yet (RPO 1d)", kind="RPOMet",
+                    since="2026-11-21T12:00:00Z"),
+            stamped("Unknown", "NotMeasured", "no restore has been measured yet; run a restore drill", kind="RTOMet",
+                    since="2026-11-21T12:00:00Z"),
+        ],
         "nextBackupAt": "2026-11-21T12:00:00Z",  # a policy that never ran is due at once
         "backups": 0,
     }
@@ -161,13 +178,14 @@ def test_status_without_any_backup():
 def test_status_after_a_success():
     done = backup(utc(2026, 11, 20, 18), size=1234)
     status = policy_status(NIGHTLY, [done], attempt(done), now=utc(2026, 11, 21, 12))
-    assert status.to_dict() == {
+    assert ready_only(status) == [condition("True", "BackupSucceeded", "last successful backup 20261120T180000Z")]
+    assert {k: v for k, v in status.to_dict().items() if k != "conditions"} == {
         "observedGeneration": 3,
-        "conditions": [condition("True", "BackupSucceeded", "last successful backup 20261120T180000Z")],
         "lastBackup": ref(done),
         "lastSuccessfulBackup": ref(done),
         "nextBackupAt": "2026-11-21T18:00:00Z",
         "backups": 1,
+        "rpoAgeSeconds": 18 * 3600.0 - 120,  # from completion, two minutes after the start
     }
     assert ref(done)["startedAt"] == "2026-11-20T18:00:00Z"
 
@@ -177,9 +195,11 @@ def test_status_after_a_failure_that_follows_a_success():
     failed = Attempt("20261121T180000Z", "Failed", utc(2026, 11, 21, 18), utc(2026, 11, 21, 18, 0, 5),
                      message="tar of volume 'mydata' failed with exit code 2: tar: ./x: Cannot open")
     status = policy_status(NIGHTLY, [done], failed, now=utc(2026, 11, 21, 18, 1))
-    assert status.to_dict() == {
+    assert ready_only(status) == [
+        condition("False", "BackupFailed", "tar of volume 'mydata' failed with exit code 2: tar: ./x: Cannot open")]
+    assert {k: v for k, v in status.to_dict().items() if k != "conditions"} == {
         "observedGeneration": 3,
-        "conditions": [condition("False", "BackupFailed", "tar of volume 'mydata' failed with exit code 2: tar: ./x: Cannot open")],
+        "rpoAgeSeconds": 24 * 3600.0 + 60 - 120,
         "lastBackup": {"id": "20261121T180000Z", "phase": "Failed", "startedAt": "2026-11-21T18:00:00Z",
                        "completedAt": "2026-11-21T18:00:05Z",
                        "message": "tar of volume 'mydata' failed with exit code 2: tar: ./x: Cannot open"},
@@ -209,7 +229,7 @@ def test_suspended_and_manual_policies_have_no_next_backup():
     done = backup(utc(2026, 11, 20, 18))
     suspended = policy(schedule="0 3 * * *", suspend=True)
     manual = policy(schedule=None)
-    assert policy_status(suspended, [done], attempt(done), now=utc(2026, 11, 21)).to_dict()["conditions"] == [
+    assert ready_only(policy_status(suspended, [done], attempt(done), now=utc(2026, 11, 21))) == [
         condition("True", "Suspended", "last successful backup 20261120T180000Z")]
     assert policy_status(suspended, [done], attempt(done), now=utc(2026, 11, 21)).next_backup_at is None
     assert policy_status(manual, [done], attempt(done), now=utc(2026, 11, 21)).next_backup_at is None
@@ -221,3 +241,50 @@ def test_a_stale_attempt_older_than_the_newest_backup_is_not_shown_as_last():
     newest = backup(utc(2026, 11, 20, 18))
     status = policy_status(NIGHTLY, [old, newest], attempt(old), now=utc(2026, 11, 21))
     assert status.last_backup.to_dict() == ref(newest)
+
+
+# --- RPOMet / RTOMet and transitions -----------------------------------------------------------------------------------
+
+
+def by_type(status) -> dict[str, dict]:
+    return {c.type: c.to_dict() for c in status.conditions}
+
+
+def test_rpo_met_until_the_newest_backup_is_older_than_the_objective():
+    done = backup(utc(2026, 11, 20, 18))
+    fresh = by_type(policy_status(NIGHTLY, [done], attempt(done), now=utc(2026, 11, 21, 18, 1)))["RPOMet"]
+    assert (fresh["status"], fresh["reason"]) == ("True", "WithinRPO")
+    assert fresh["message"] == "newest good backup 20261120T180000Z is 23h59m old (RPO 1d)"
+    stale = by_type(policy_status(NIGHTLY, [done], attempt(done), now=utc(2026, 11, 21, 18, 2, 1)))["RPOMet"]
+    assert (stale["status"], stale["reason"]) == ("False", "RPOBreached")
+
+
+def test_rto_condition_follows_the_last_measurement():
+    done = backup(utc(2026, 11, 20, 18))
+    quick = Measurement(seconds=95.0, at=utc(2026, 11, 21), backup_id=done.id, source="drill")
+    slow = Measurement(seconds=45 * 60.0, at=utc(2026, 11, 21), backup_id=done.id, source="restore")
+    met = policy_status(NIGHTLY, [done], attempt(done), now=utc(2026, 11, 21, 1), measured=quick)
+    assert by_type(met)["RTOMet"]["reason"] == "WithinRTO"
+    assert by_type(met)["RTOMet"]["message"] == "last drill took 1m35s (RTO 30m)"
+    assert met.measured_rto.to_dict() == {"seconds": 95.0, "at": "2026-11-21T00:00:00Z", "backup": done.id,
+                                          "source": "drill"}
+    breached = policy_status(NIGHTLY, [done], attempt(done), now=utc(2026, 11, 21, 1), measured=slow)
+    assert (by_type(breached)["RTOMet"]["status"], by_type(breached)["RTOMet"]["reason"]) == ("False", "RTOBreached")
+
+
+def test_objectives_unset_give_unknown_conditions():
+    plain = policy(objectives=None)
+    conditions = by_type(policy_status(plain, [], None, now=utc(2026, 11, 21)))
+    assert (conditions["RPOMet"]["status"], conditions["RPOMet"]["reason"]) == ("Unknown", "NoObjective")
+    assert (conditions["RTOMet"]["status"], conditions["RTOMet"]["reason"]) == ("Unknown", "NoObjective")
+
+
+def test_last_transition_time_moves_only_when_the_status_changes():
+    done = backup(utc(2026, 11, 20, 18))
+    first = policy_status(NIGHTLY, [done], attempt(done), now=utc(2026, 11, 21, 1))
+    later = policy_status(NIGHTLY, [done], attempt(done), now=utc(2026, 11, 21, 2), previous=first.conditions)
+    assert by_type(later)["RPOMet"]["lastTransitionTime"] == "2026-11-21T01:00:00Z"  # still met: unchanged
+    breached = policy_status(NIGHTLY, [done], attempt(done), now=utc(2026, 11, 22, 0), previous=later.conditions)
+    assert by_type(breached)["RPOMet"]["lastTransitionTime"] == "2026-11-22T00:00:00Z"
+    assert by_type(breached)["Ready"]["lastTransitionTime"] == "2026-11-21T01:00:00Z"
+    assert all(c.observed_generation == 3 for c in breached.conditions)

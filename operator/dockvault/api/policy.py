@@ -164,6 +164,13 @@ class BackupRef(Schema):
     message: str | None = None
 
 
+class MeasuredRto(Schema):
+    seconds: float
+    at: str
+    backup: str | None = None
+    source: str = Field(description="restore (a RestoreRequest) or drill (spec.verify)")
+
+
 class BackupPolicyStatus(Schema):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -171,6 +178,8 @@ class BackupPolicyStatus(Schema):
     last_successful_backup: BackupRef | None = None
     next_backup_at: str | None = None
     backups: int | None = None
+    rpo_age_seconds: float | None = None
+    measured_rto: MeasuredRto | None = None
 
 
 class BackupPolicy(Schema):

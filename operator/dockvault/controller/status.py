@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..api.backup import Backup
-from ..api.common import Condition
-from ..api.policy import BackupPolicy, BackupPolicyStatus, BackupRef
+from ..api.common import Condition, format_duration
+from ..api.policy import BackupPolicy, BackupPolicyStatus, BackupRef, MeasuredRto
 from .schedule import backup_due
 
 
@@ -58,14 +58,77 @@ def ready_condition(last: Attempt | None, newest: Backup | None, *, suspended: b
     return Condition(type="Ready", status="Unknown", reason="NoBackupYet", message="no backup has completed yet")
 
 
-def policy_status(policy: BackupPolicy, backups: Sequence[Backup], last: Attempt | None, *, now: datetime) -> BackupPolicyStatus:
+@dataclass(frozen=True)
+class Measurement:
+    """One measured restore (a RestoreRequest or a restore drill): the RTO actually achieved."""
+
+    seconds: float
+    at: datetime
+    backup_id: str | None
+    source: str  # "restore" or "drill"
+
+
+def _human(seconds: float) -> str:
+    return format_duration(timedelta(seconds=max(1, round(seconds))))
+
+
+def rpo_condition(objective: timedelta | None, newest: Backup | None, *, now: datetime) -> Condition:
+    if objective is None:
+        return Condition(type="RPOMet", status="Unknown", reason="NoObjective", message="spec.objectives.rpo is not set")
+    if newest is None:
+        return Condition(type="RPOMet", status="False", reason="NoSuccessfulBackup",
+                         message=f"no successful backup yet (RPO {_human(objective.total_seconds())})")
+    age = (now - newest.status.completed_at).total_seconds()
+    met = age <= objective.total_seconds()
+    return Condition(type="RPOMet", status="True" if met else "False", reason="WithinRPO" if met else "RPOBreached",
+                     message=f"newest good backup {newest.id} is {_human(age)} old (RPO {_human(objective.total_seconds())})")
+
+
+def rto_condition(objective: timedelta | None, measured: Measurement | None) -> Condition:
+    if objective is None:
+        return Condition(type="RTOMet", status="Unknown", reason="NoObjective", message="spec.objectives.rto is not set")
+    if measured is None:
+        return Condition(type="RTOMet", status="Unknown", reason="NotMeasured",
+                         message="no restore has been measured yet; run a restore drill")
+    met = measured.seconds <= objective.total_seconds()
+    return Condition(type="RTOMet", status="True" if met else "False", reason="WithinRTO" if met else "RTOBreached",
+                     message=f"last {measured.source} took {_human(measured.seconds)} (RTO {_human(objective.total_seconds())})")
+
+
+def with_transitions(conditions: Sequence[Condition], previous: Sequence[Condition], *, now: datetime,
+                     generation: int | None) -> list[Condition]:
+    """Stamp observedGeneration, and keep lastTransitionTime unless the status itself changed."""
+    before = {c.type: c for c in previous}
+    stamped = []
+    for condition in conditions:
+        old = before.get(condition.type)
+        since = old.last_transition_time if old is not None and old.status == condition.status else _iso(now.replace(microsecond=0))
+        stamped.append(condition.model_copy(update={"last_transition_time": since, "observed_generation": generation}))
+    return stamped
+
+
+def policy_status(
+    policy: BackupPolicy,
+    backups: Sequence[Backup],
+    last: Attempt | None,
+    *,
+    now: datetime,
+    measured: Measurement | None = None,
+    previous: Sequence[Condition] = (),
+) -> BackupPolicyStatus:
     good = sorted((b for b in backups if b.succeeded), key=lambda b: b.status.started_at)
     newest = good[-1] if good else None
     due = backup_due(policy.spec, last_attempt=last_attempt_time(good, last), now=now)
     last_ref = last.ref() if last is not None and (newest is None or last.started_at >= newest.status.started_at) else None
+    objectives = policy.spec.objectives
+    conditions = [ready_condition(last, newest, suspended=policy.spec.suspend),
+                  rpo_condition(objectives.rpo, newest, now=now), rto_condition(objectives.rto, measured)]
     return BackupPolicyStatus(
         observed_generation=policy.metadata.generation,
-        conditions=[ready_condition(last, newest, suspended=policy.spec.suspend)],
+        conditions=with_transitions(conditions, previous, now=now, generation=policy.metadata.generation),
+        rpo_age_seconds=round((now - newest.status.completed_at).total_seconds(), 3) if newest else None,
+        measured_rto=MeasuredRto(seconds=measured.seconds, at=_iso(measured.at), backup=measured.backup_id,
+                                 source=measured.source) if measured else None,
         last_backup=last_ref or (_ref(newest) if newest else None),
         last_successful_backup=_ref(newest) if newest else None,
         next_backup_at=_iso(due.next_at),

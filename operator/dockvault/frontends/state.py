@@ -7,6 +7,7 @@ only failed runs and restore outcomes live here alone, and losing them loses his
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import threading
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from ..api.backup import Backup
 from ..api.restore import RestoreRequestStatus
-from ..controller.status import Attempt
+from ..api.common import Condition
+from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
 
 SCHEMA = """
@@ -27,6 +29,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE TABLE IF NOT EXISTS restores (
   name TEXT NOT NULL, spec_hash TEXT NOT NULL, policy TEXT NOT NULL, status TEXT NOT NULL, recorded_at TEXT NOT NULL,
   PRIMARY KEY (name, spec_hash));
+CREATE TABLE IF NOT EXISTS conditions (
+  policy TEXT NOT NULL PRIMARY KEY, conditions TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quiesced (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, container_id TEXT NOT NULL, name TEXT NOT NULL, mode TEXT NOT NULL);
 """
@@ -134,3 +138,25 @@ class StateStore:
     def halted_containers(self) -> list[tuple[ContainerRef, str]]:
         rows = self._run("SELECT container_id, name, mode FROM quiesced ORDER BY seq")
         return [(ContainerRef(cid, name, "halted"), mode) for cid, name, mode in rows]
+
+    # --- conditions and measured restores --------------------------------------------------------
+    def conditions(self, policy: str) -> list[Condition]:
+        rows = self._run("SELECT conditions FROM conditions WHERE policy=?", (policy,))
+        return [Condition.model_validate(c) for c in json.loads(rows[0][0])] if rows else []
+
+    def save_conditions(self, policy: str, conditions: list[Condition]) -> None:
+        """Remember conditions so lastTransitionTime survives; best effort for read-only callers."""
+        try:
+            self._run("INSERT OR REPLACE INTO conditions VALUES (?,?)",
+                      (policy, json.dumps([c.to_dict() for c in conditions])))
+        except sqlite3.OperationalError:
+            pass
+
+    def last_measurement(self, policy: str) -> Measurement | None:
+        """The newest successful restore of the policy: the RTO last achieved."""
+        best = None
+        for _name, _hash, owner, status in self.restores():
+            if owner == policy and status.phase == "Succeeded" and status.duration_seconds is not None:
+                if best is None or status.completed_at > best.at:
+                    best = Measurement(status.duration_seconds, status.completed_at, status.backup, "restore")
+        return best
