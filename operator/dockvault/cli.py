@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
@@ -21,11 +22,13 @@ from .api import BackupPolicy, load_paths
 from .api.common import format_duration
 from .api.policy import BackupPolicyStatus
 from .controller.retention import plan_retention
-from .credentials import install_log_masking
 from .controller.status import policy_status
+from .credentials import install_log_masking
 from .engine.core import DEFAULT_HELPER_IMAGE, Engine, EngineError
+from .frontends.httpserver import MetricsServer
 from .frontends.standalone import Controller, load_config, repository_for
 from .frontends.state import StateLocked, StateStore
+from .metrics import DockvaultMetrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative backups for Docker hosts.")
 get_app = typer.Typer(no_args_is_help=True, help="List policies, backups or restores.")
@@ -133,11 +136,24 @@ def run(
     max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, help="jobs running at the same time")] = 2,
     helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
     host: Annotated[str, typer.Option("--host", help="run only policies whose spec.host is this")] = "local",
+    metrics_addr: Annotated[str, typer.Option("--metrics-addr", envvar="DOCKVAULT_METRICS_ADDR",
+                                              help="serve /metrics, /healthz, /readyz here; 'off' to disable")]
+    = "127.0.0.1:9477",
     verbose: bool = False,
 ) -> None:
     """Reconcile the config directory: scheduled backups, retention and restore requests."""
     _setup_logging(verbose)
     controller = _controller(config_dir, state_dir, helper_image, max_parallel, host)
+    server = None
+    if not once and metrics_addr not in ("", "off"):
+        registry = CollectorRegistry()
+        controller.metrics = DockvaultMetrics(registry, controller.facts)
+        server = MetricsServer(registry, metrics_addr, ready=controller.ready.is_set)
+        try:
+            server.start()
+        except (OSError, ValueError) as exc:
+            raise _fail(f"--metrics-addr: {exc}") from None
+        logging.getLogger(__name__).info("serving metrics on http://%s/metrics", metrics_addr)
     stop = threading.Event()
     _install_signal_handlers(stop)
     watcher = threading.Thread(target=lambda: (stop.wait(), controller.cancel.set()), daemon=True)
@@ -151,6 +167,8 @@ def run(
         raise _fail(str(exc)) from None
     finally:
         controller.shutdown()
+        if server is not None:
+            server.stop()
 
 
 def _human(n: int | None) -> str:
@@ -185,7 +203,14 @@ def backup(
     helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
 ) -> None:
     """Run one backup of POLICY now (with retention afterwards when it succeeds)."""
-    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+    from rich.progress import (
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
 
     _setup_logging()
     policy = _policy(config_dir, policy_name)

@@ -12,8 +12,8 @@ from .. import __version__
 from ..api.backup import Artifact, Backup, BackupSpec, BackupStatus
 from ..api.common import ObjectMeta
 from ..api.policy import BackupPolicy
-from ..credentials import mask
 from ..controller.retention import RetentionPlan, plan_retention
+from ..credentials import mask
 from ..engine.core import Engine, EngineError, new_job_id
 from ..engine.quiesce import Journal
 from ..sources import BackupContext, SourceError, source_for

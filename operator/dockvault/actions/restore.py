@@ -15,8 +15,8 @@ from typing import BinaryIO
 from ..api.backup import Artifact, Backup
 from ..api.policy import BackupPolicy
 from ..api.restore import RestoreRequest, RestoreRequestStatus, RestoreTarget
-from ..credentials import mask
 from ..controller.selection import NoSuchBackup, select_backup
+from ..credentials import mask
 from ..engine.core import Engine, EngineError, new_job_id
 from ..sources import RestoreContext, SourceError, source_for
 from ..storage.base import Repository

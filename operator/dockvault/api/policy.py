@@ -20,6 +20,7 @@ from .common import (
     Timezone,
     VolumeName,
 )
+from .notify import NotifySpec
 
 
 class VolumeSource(Schema):
@@ -140,6 +141,7 @@ class BackupPolicySpec(Schema):
     storage: StorageSpec
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    notify: NotifySpec | None = Field(None, description="webhooks called on failure (and on success when asked)")
     suspend: bool = False
 
     @model_validator(mode="after")

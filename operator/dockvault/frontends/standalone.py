@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,12 +17,14 @@ from pathlib import Path
 
 from ..actions.backup import BackupOutcome, run_backup
 from ..actions.restore import RestoreOutcome, run_restore
-from ..api import BackupPolicy, RestoreRequest, RestoreRequestStatus
+from ..api import Backup, BackupPolicy, RestoreRequest, RestoreRequestStatus
 from ..api.loader import Loaded, ResourceError, load_paths
 from ..controller.schedule import backup_due
 from ..controller.status import Attempt
 from ..engine.core import Engine
 from ..engine.quiesce import resume_journaled
+from ..metrics import DockvaultMetrics, PolicyFacts
+from ..notify import Event, Notifier
 from ..sources.base import Progress
 from ..storage.local import LocalRepository
 from .state import StateStore
@@ -68,6 +71,34 @@ def load_config(config_dir: Path, *, host: str | None = None) -> Config:
     return config
 
 
+def policy_facts(policy: BackupPolicy, backups: list[Backup], state: StateStore) -> PolicyFacts:
+    good = [b for b in backups if b.succeeded]
+    newest = max(good, key=lambda b: b.status.completed_at, default=None)
+    last = state.last_attempt(policy.name)
+    measured = state.last_measurement(policy.name)
+    objectives = policy.spec.objectives
+    return PolicyFacts(
+        policy=policy.name,
+        host=policy.spec.host,
+        targets=tuple(t.name for t in policy.spec.targets),
+        rpo_target_seconds=objectives.rpo.total_seconds() if objectives.rpo else None,
+        rto_target_seconds=objectives.rto.total_seconds() if objectives.rto else None,
+        last_success_timestamp=newest.status.completed_at.timestamp() if newest else None,
+        last_status=None if last is None or last.phase == "Running" else int(last.phase == "Succeeded"),
+        repository_backups=len(good),
+        target_sizes=_sizes(newest) if newest else {},
+        rto_seconds=measured.seconds if measured else None,
+        verify_last_success_timestamp=None,
+    )
+
+
+def _sizes(backup: Backup) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for artifact in backup.status.artifacts:
+        sizes[artifact.target] = sizes.get(artifact.target, 0) + artifact.bytes
+    return sizes
+
+
 def repository_for(policy: BackupPolicy) -> LocalRepository:
     assert policy.spec.storage.local is not None
     return LocalRepository(policy.spec.storage.local.path)
@@ -96,6 +127,10 @@ class Controller:
         self._lock = threading.Lock()
         self.config = Config()
         self._seen_errors: set[str] = set()
+        self.metrics: DockvaultMetrics | None = None
+        self.notifier = Notifier()
+        self._facts: list[PolicyFacts] = []
+        self.ready = threading.Event()
 
     @property
     def engine(self) -> Engine:
@@ -111,6 +146,11 @@ class Controller:
         for message in sorted(messages - self._seen_errors):
             log.error("invalid resource, skipped: %s", message)
         self._seen_errors = messages
+        if self.metrics is not None:
+            for item in new.policies.values():
+                policy: BackupPolicy = item.resource  # type: ignore[assignment]
+                self.metrics.policy_seen(policy.name, policy.spec.host, [t.name for t in policy.spec.targets])
+        self.refresh_facts()
         for kind, before, after in (("policy", old.policies, new.policies), ("restore", old.restores, new.restores)):
             for name in sorted(after.keys() - before.keys()):
                 log.info("%s %s added (%s)", kind, name, after[name].file)
@@ -139,6 +179,8 @@ class Controller:
         for name, item in self.config.policies.items():
             self.state.sync_backups(name, repository_for(item.resource).backups(name))  # type: ignore[arg-type]
         self.state.fail_interrupted_restores()
+        self.refresh_facts()
+        self.ready.set()
 
     # --- jobs ----------------------------------------------------------------------------------
     def _claim(self, policy: str) -> bool:
@@ -163,6 +205,16 @@ class Controller:
         st = outcome.record.status
         self.state.record_attempt(policy.name, Attempt(outcome.record.id, st.phase, st.started_at, st.completed_at,
                                                        st.bytes, st.message, trigger))
+        self.notifier.send_async(policy.spec.notify, Event(
+            policy=policy.name, target=None, kind="backup", phase=st.phase, backup_id=outcome.record.id,
+            bytes=st.bytes if outcome.succeeded else None, duration_seconds=st.duration_seconds, message=st.message,
+            host=policy.spec.host))
+        if self.metrics is not None:
+            self.metrics.backup_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
+                                         duration_seconds=st.duration_seconds or 0.0)
+            if outcome.deleted:
+                self.metrics.retention_deleted(policy.name, policy.spec.host, len(outcome.deleted))
+        self.refresh_facts()
         return outcome
 
     def restore(self, request: RestoreRequest, policy: BackupPolicy) -> RestoreOutcome:
@@ -172,7 +224,27 @@ class Controller:
         outcome = run_restore(request, policy, engine=self.engine, repository=repository, cancel=self.cancel)
         repository.save_restore(request.name, request.spec_hash, outcome.status)
         self.state.record_restore(request.name, request.spec_hash, policy.name, outcome.status, now_utc())
+        st = outcome.status
+        self.notifier.send_async(policy.spec.notify, Event(
+            policy=policy.name, target=None, kind="restore", phase=st.phase, backup_id=st.backup, bytes=None,
+            duration_seconds=st.duration_seconds, message=st.message, host=policy.spec.host))
+        if self.metrics is not None:
+            self.metrics.restore_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
+                                          duration_seconds=outcome.status.duration_seconds or 0.0)
+        self.refresh_facts()
         return outcome
+
+    # --- metrics ---------------------------------------------------------------------------------
+    def refresh_facts(self) -> None:
+        """Recompute what the exporter reports; scrapes read the snapshot and never touch disk or SQLite."""
+        facts = [policy_facts(item.resource, repository_for(item.resource).backups(name), self.state)  # type: ignore[arg-type]
+                 for name, item in sorted(self.config.policies.items())]
+        with self._lock:
+            self._facts = facts
+
+    def facts(self) -> list[PolicyFacts]:
+        with self._lock:
+            return list(self._facts)
 
     def pending_restores(self) -> list[RestoreRequest]:
         pending = []
@@ -243,16 +315,26 @@ class Controller:
                 ok = False
         return ok
 
-    def serve(self, stop: threading.Event, *, tick: float = 1.0) -> None:
+    def serve(self, stop: threading.Event, *, tick: float = 1.0, facts_every: float = 5.0) -> None:
+        """Watch the config directory and dispatch due jobs every tick until `stop` is set.
+
+        Facts are also re-read every `facts_every` seconds: a `dockvault backup` run by hand in another
+        process must show in the metrics without waiting for this process's next job.
+        """
         from watchfiles import watch
 
         self.startup()
         self.dispatch(now_utc())
+        refreshed = time.monotonic()
         for changes in watch(self.config_dir, stop_event=stop, yield_on_timeout=True, rust_timeout=int(tick * 1000)):
             if changes:
                 self.reload()
+            elif time.monotonic() - refreshed >= facts_every:
+                self.refresh_facts()
+                refreshed = time.monotonic()
             self.dispatch(now_utc())
 
     def shutdown(self) -> None:
         self.cancel.set()
         self.pool.shutdown(wait=True)
+        self.notifier.flush(10)

@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 from ..api.backup import Backup
-from ..api.restore import RestoreRequestStatus
 from ..api.common import Condition
+from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
 

@@ -10,9 +10,9 @@ import docker.errors
 
 from ..api.backup import Artifact
 from ..api.restore import RestoreTarget
+from ..credentials import SecretError, mask, resolve_password
 from ..engine.core import Engine
 from ..engine.execstream import ExecProcess, ExecResult, run
-from ..credentials import SecretError, mask, resolve_password
 from .base import SourceError, check_cancel
 
 

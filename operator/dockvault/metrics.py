@@ -1,0 +1,229 @@
+"""Prometheus metrics for dockvault: gauges computed from facts at scrape time, counters and histograms from events.
+
+Gauges are derived when Prometheus scrapes, from facts the front end already keeps (the repository's
+manifests and the state store), so the RPO age moves with the clock and is right straight after a restart
+without any ticking loop. Everything lives on a registry passed in, never the process-global one, so tests and
+several operators in one process do not share state.
+
+Series that have no value are left out rather than exported as 0 or NaN: `dockvault_rpo_seconds` and
+`dockvault_backup_last_success_timestamp_seconds` are absent until a policy has a successful backup, and
+`dockvault_backup_last_status` until it has been attempted. Alerts must treat the missing series as the worst
+case, for example with `dockvault_repository_backups unless on (policy, host) dockvault_rpo_seconds` (policies
+without any good backup) next to `dockvault_rpo_seconds > on (policy, host) dockvault_rpo_target_seconds`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+PREFIX = "dockvault_"
+POLICY_LABELS = ("policy", "host")
+# From a one-second volume archive to a six-hour database dump.
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+
+
+@dataclass(frozen=True)
+class PolicyFacts:
+    """What is known about one policy when Prometheus scrapes; None means "not known (yet)" and omits the series."""
+
+    policy: str
+    host: str
+    targets: tuple[str, ...]
+    rpo_target_seconds: float | None
+    rto_target_seconds: float | None
+    last_success_timestamp: float | None  # unix seconds: completion of the newest successful backup
+    last_status: int | None  # 1 = last backup attempt succeeded, 0 = failed, None = never ran
+    repository_backups: int  # complete backups kept in the repository
+    target_sizes: Mapping[str, int]  # target -> stored bytes in the newest successful backup
+    rto_seconds: float | None  # last measured restore/drill duration
+    verify_last_success_timestamp: float | None
+
+
+class DockvaultMetrics:
+    """The metrics of one dockvault operator, registered on `registry`; the event methods are thread-safe."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        facts: Callable[[], Sequence[PolicyFacts]],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        def counter(name: str, documentation: str) -> Counter:
+            return Counter(PREFIX + name, documentation, POLICY_LABELS, registry=registry)
+
+        def histogram(name: str, documentation: str) -> Histogram:
+            return Histogram(PREFIX + name, documentation, POLICY_LABELS, buckets=DURATION_BUCKETS, registry=registry)
+
+        self._backup_attempts = counter("backup_attempts_total", "Backup runs started and finished, successful or not.")
+        self._backup_failures = counter("backup_failures_total", "Backup runs that failed (nothing was published).")
+        self._backup_duration = histogram(
+            "backup_duration_seconds", "Duration of successful backup runs in seconds, all targets together."
+        )
+        self._retention_deleted = counter("retention_deleted_total", "Backups deleted by retention.")
+        self._restores = counter("restores_total", "Restores and restore drills finished, successful or not.")
+        self._restore_failures = counter("restore_failures_total", "Restores and restore drills that failed.")
+        self._restore_duration = histogram(
+            "restore_duration_seconds", "Duration of successful restores and restore drills in seconds."
+        )
+        registry.register(FactsCollector(facts, clock))
+
+    def policy_seen(self, policy: str, host: str, targets: Sequence[str]) -> None:
+        """Make the policy's counters and histograms exist at 0, so rate() and increase() see its first event.
+
+        `targets` is accepted for the day a per-target event series appears; none has a target label yet.
+        """
+        for metric in self._per_policy():
+            metric.labels(policy, host)
+
+    def backup_finished(self, policy: str, host: str, *, succeeded: bool, duration_seconds: float) -> None:
+        self.policy_seen(policy, host, ())
+        self._backup_attempts.labels(policy, host).inc()
+        if succeeded:
+            self._backup_duration.labels(policy, host).observe(max(0.0, duration_seconds))
+        else:
+            self._backup_failures.labels(policy, host).inc()
+
+    def retention_deleted(self, policy: str, host: str, count: int) -> None:
+        self.policy_seen(policy, host, ())
+        self._retention_deleted.labels(policy, host).inc(count)
+
+    def restore_finished(self, policy: str, host: str, *, succeeded: bool, duration_seconds: float) -> None:
+        self.policy_seen(policy, host, ())
+        self._restores.labels(policy, host).inc()
+        if succeeded:
+            self._restore_duration.labels(policy, host).observe(max(0.0, duration_seconds))
+        else:
+            self._restore_failures.labels(policy, host).inc()
+
+    def _per_policy(self) -> tuple[Counter | Histogram, ...]:
+        return (
+            self._backup_attempts,
+            self._backup_failures,
+            self._backup_duration,
+            self._retention_deleted,
+            self._restores,
+            self._restore_failures,
+            self._restore_duration,
+        )
+
+
+class FactsCollector(Collector):
+    """Builds the gauges from `facts()` on every scrape; a failing `facts()` drops only these gauges, never the rest."""
+
+    def __init__(self, facts: Callable[[], Sequence[PolicyFacts]], clock: Callable[[], float]) -> None:
+        self._facts = facts
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._errors = 0
+        self._last_error = ""
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: lets the registry reject duplicates without calling facts() at registration.
+        yield from self._empty_families()
+        yield from self._own_families()
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = self._families(self._facts(), self._clock())
+        except Exception as exc:
+            families = []
+            self._record_error(exc)
+        else:
+            with self._lock:
+                self._last_error = ""
+        yield from families
+        yield from self._own_families()
+
+    def _families(self, all_facts: Sequence[PolicyFacts], now: float) -> list[Metric]:
+        families = self._empty_families()
+        by_name = {family.name: family for family in families}
+
+        def gauge(name: str, facts: PolicyFacts, value: float | None, *target: str) -> None:
+            # Converted here so that a malformed fact fails this collector, not the whole exposition later.
+            if value is not None:
+                by_name[PREFIX + name].add_metric([str(facts.policy), str(facts.host), *map(str, target)], float(value))
+
+        seen: set[tuple[str, str]] = set()
+        for facts in all_facts:
+            key = (facts.policy, facts.host)
+            if key in seen:
+                log.warning("metrics: policy %r on host %r reported twice; the first facts are exported", *key)
+                continue
+            seen.add(key)
+            last_success = facts.last_success_timestamp
+            gauge("backup_last_success_timestamp_seconds", facts, last_success)
+            gauge("backup_last_status", facts, facts.last_status)
+            for target, size in sorted(facts.target_sizes.items()):
+                gauge("backup_size_bytes", facts, size, target)
+            gauge("rpo_target_seconds", facts, facts.rpo_target_seconds)
+            # A clock stepped back must not make the newest backup look younger than brand new.
+            gauge("rpo_seconds", facts, None if last_success is None else max(0.0, now - last_success))
+            gauge("rto_target_seconds", facts, facts.rto_target_seconds)
+            gauge("rto_seconds", facts, facts.rto_seconds)
+            gauge("verify_last_success_timestamp_seconds", facts, facts.verify_last_success_timestamp)
+            gauge("repository_backups", facts, facts.repository_backups)
+        by_name[PREFIX + "policies"].add_metric([], len(seen))
+        return families
+
+    def _record_error(self, exc: Exception) -> None:
+        with self._lock:
+            self._errors += 1
+            repeated = str(exc) == self._last_error
+            self._last_error = str(exc)
+        # The full traceback once per distinct error: a scrape every 15 s must not flood the log.
+        if repeated:
+            log.debug("metrics: reading the facts failed again: %s", exc)
+        else:
+            log.error("metrics: reading the facts failed; policy gauges are left out of this scrape", exc_info=exc)
+
+    def _own_families(self) -> list[Metric]:
+        build = GaugeMetricFamily(
+            PREFIX + "build_info", "Always 1; the version label is the running dockvault.", labels=["version"]
+        )
+        build.add_metric([__version__], 1)
+        with self._lock:
+            errors = self._errors
+        failed = CounterMetricFamily(
+            PREFIX + "facts_errors",
+            "Scrapes whose policy facts could not be read, so the policy gauges were left out.",
+            value=errors,
+        )
+        return [build, failed]
+
+    @staticmethod
+    def _empty_families() -> list[GaugeMetricFamily]:
+        def family(name: str, documentation: str, *, per_target: bool = False) -> GaugeMetricFamily:
+            labels = [*POLICY_LABELS, "target"] if per_target else list(POLICY_LABELS)
+            return GaugeMetricFamily(PREFIX + name, documentation, labels=labels)
+
+        return [
+            family(
+                "backup_last_success_timestamp_seconds",
+                "Unix time in seconds when the newest successful backup completed.",
+            ),
+            family("backup_last_status", "1 if the last backup attempt succeeded, 0 if it failed."),
+            family("backup_size_bytes", "Bytes stored for the target in the newest good backup.", per_target=True),
+            family("rpo_target_seconds", "Recovery point objective of the policy in seconds."),
+            family("rpo_seconds", "Age in seconds of the newest successful backup (data that a loss now would cost)."),
+            family("rto_target_seconds", "Recovery time objective of the policy in seconds."),
+            family("rto_seconds", "Duration in seconds of the last measured restore or restore drill."),
+            family(
+                "verify_last_success_timestamp_seconds",
+                "Unix time in seconds when the last successful restore drill completed.",
+            ),
+            family("repository_backups", "Complete backups kept in the repository."),
+            GaugeMetricFamily(PREFIX + "policies", "Backup policies known to this operator."),
+        ]
