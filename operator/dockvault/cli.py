@@ -244,6 +244,36 @@ def backup(
         out.print(f"retention deleted: {', '.join(outcome.deleted)}", highlight=False)
 
 
+@app.command()
+def verify(
+    policy_name: Annotated[str, typer.Argument(metavar="POLICY")],
+    config_dir: ConfigDir,
+    state_dir: StateDir = Path(_default_state_dir()),
+    helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
+) -> None:
+    """Run a restore drill now: restore the newest backup into throwaway resources, check it, measure the RTO."""
+    _setup_logging()
+    policy = _policy(config_dir, policy_name)
+    controller = _controller(config_dir, state_dir, helper_image)
+    prev = signal.signal(signal.SIGTERM, lambda *_: controller.cancel.set())
+    try:
+        outcome = controller.drill(policy)
+    except EngineError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        controller.cancel.set()
+        raise _fail("interrupted", 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+        controller.shutdown()
+    v = outcome.verification
+    if not outcome.succeeded:
+        raise _fail(f"drill of {policy.name} (backup {v.backup}) failed after {v.duration_seconds:.1f}s: {v.message}")
+    out.print(f"drill of {policy.name} succeeded: backup {v.backup} restored and checked in {v.duration_seconds:.1f}s "
+              f"(measured RTO)", highlight=False)
+    out.print(f"  {v.message}", highlight=False, markup=False)
+
+
 def _emit(rows: list[dict], columns: list[str], output: str) -> None:
     if output == "json":
         out.print_json(json.dumps(rows, default=str))
@@ -265,8 +295,10 @@ def _seconds(value: float | timedelta | None) -> str:
 
 def _status(policy: BackupPolicy, state: StateStore, now: datetime) -> BackupPolicyStatus:
     """The policy's status now; conditions are remembered so their lastTransitionTime holds still."""
+    drill = state.last_drill(policy.name)
     status = policy_status(policy, repository_for(policy).backups(policy.name), state.last_attempt(policy.name),
-                           now=now, measured=state.last_measurement(policy.name), previous=state.conditions(policy.name))
+                           now=now, measured=state.last_measurement(policy.name), verification=drill[1] if drill else None,
+                           previous=state.conditions(policy.name))
     state.save_conditions(policy.name, status.conditions)
     return status
 

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
@@ -41,6 +41,27 @@ def verified_chunks(stream: BinaryIO, artifact: Artifact, *, policy: str, backup
             f"artifact {policy}/{backup_id}/{artifact.file} is corrupt: sha256 {digest.hexdigest()} "
             f"does not match the manifest's {artifact.sha256}"
         )
+
+
+@dataclass(frozen=True)
+class BackupReader:
+    """Opens a backup's artifacts as verified, decompressed streams; `verify_all` checks them before any write."""
+
+    repository: Repository
+    policy: str
+    backup: Backup
+
+    def verified(self, artifact: Artifact) -> Iterator[bytes]:
+        return verified_chunks(self.repository.open_artifact(self.policy, self.backup.id, artifact.file), artifact,
+                               policy=self.policy, backup_id=self.backup.id)
+
+    def opener(self, artifact: Artifact):
+        return functools.partial(lambda a: decompressed(self.verified(a), a.compression), artifact)
+
+    def verify_all(self, artifacts: Iterable[Artifact]) -> None:
+        for artifact in artifacts:
+            for _ in self.verified(artifact):
+                pass
 
 
 @dataclass(frozen=True)
@@ -88,22 +109,12 @@ def run_restore(
     try:
         backup = select_backup(repository.backups(policy.name), request.spec.backup, policy=policy.name)
         backup_id = backup.id
-
-        def open_verified(artifact: Artifact) -> Iterator[bytes]:
-            return verified_chunks(repository.open_artifact(policy.name, backup.id, artifact.file), artifact,
-                                   policy=policy.name, backup_id=backup.id)
-
-        def open_decompressed(artifact: Artifact) -> Iterator[bytes]:
-            return decompressed(open_verified(artifact), artifact.compression)
-
+        reader = BackupReader(repository, policy.name, backup)
         plan = _plan(request, backup)
-        for _, artifacts in plan:  # every checksum holds before anything is written
-            for artifact in artifacts:
-                for _ in open_verified(artifact):
-                    pass
+        reader.verify_all(a for _, artifacts in plan for a in artifacts)  # every checksum holds before any write
         for destination, artifacts in plan:
             log.info("restore %s: %s/%s target %s", request.name, policy.name, backup.id, destination.from_)
-            streams = [(a, functools.partial(open_decompressed, a)) for a in artifacts]
+            streams = [(a, reader.opener(a)) for a in artifacts]
             try:
                 source_for(destination.kind).restore(destination, streams, ctx)
             except SourceError as exc:

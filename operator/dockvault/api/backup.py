@@ -22,6 +22,7 @@ class Artifact(Schema):
     started_at: AwareDatetime
     completed_at: AwareDatetime
     details: dict[str, str] = Field(default_factory=dict, description="source facts: volume, helper image, tool versions")
+    tables: dict[str, int] | None = Field(None, description="rows per table in the dump's snapshot, for restore drills")
 
 
 class BackupSpec(Schema):

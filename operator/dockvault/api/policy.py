@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -132,6 +133,39 @@ class Objectives(Schema):
     rto: Duration | None = Field(None, description="a restore must finish within this")
 
 
+_EXPECT = re.compile(r"^\s*(==|=|!=|>=|<=|>|<)\s*(-?[0-9]+(\.[0-9]+)?)\s*$")
+
+
+def expectation(text: str) -> tuple[str, float]:
+    """Parse an expectation such as '>0' or '= 42' into (operator, number)."""
+    match = _EXPECT.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an expectation; use e.g. '>0', '>=10', '=42' or '!=0'")
+    op = "==" if match.group(1) == "=" else match.group(1)
+    return op, float(match.group(2))
+
+
+class DrillCheck(Schema):
+    """A query run against the restored database of a drill; its single value must meet `expect`."""
+
+    sql: str = Field(min_length=1, description="query returning one value, e.g. SELECT count(*) FROM users")
+    expect: str = Field(description="comparison for that value: >0, >=10, =42, !=0, <5")
+    target: TargetName | None = Field(None, description="database target to check; default: every database target")
+    database: DatabaseName | None = Field(None, description="which restored database; default: each one")
+
+    @model_validator(mode="after")
+    def _valid_expectation(self) -> DrillCheck:
+        expectation(self.expect)
+        return self
+
+
+class VerifySpec(Schema):
+    """Restore drills: restore the newest good backup into throwaway resources, check it, measure the RTO."""
+
+    schedule: Cron | None = Field(None, description="cron schedule for drills; without one only `dockvault verify`")
+    checks: list[DrillCheck] = Field(default_factory=list)
+
+
 class BackupPolicySpec(Schema):
     host: str = Field("local", min_length=1, description="the Docker host (operator instance) that runs this policy")
     schedule: Cron | None = Field(None, description="cron schedule; without one the policy runs only on demand")
@@ -142,6 +176,7 @@ class BackupPolicySpec(Schema):
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
     notify: NotifySpec | None = Field(None, description="webhooks called on failure (and on success when asked)")
+    verify: VerifySpec | None = None
     suspend: bool = False
 
     @model_validator(mode="after")
@@ -151,6 +186,9 @@ class BackupPolicySpec(Schema):
             if target.name in seen:
                 raise ValueError(f"target name {target.name!r} is used twice")
             seen.add(target.name)
+        for index, check in enumerate(self.verify.checks if self.verify else []):
+            if check.target is not None and check.target not in seen:
+                raise ValueError(f"verify.checks[{index}].target: no target named {check.target!r}")
         return self
 
     def target(self, name: str) -> BackupTarget | None:
@@ -173,6 +211,14 @@ class MeasuredRto(Schema):
     source: str = Field(description="restore (a RestoreRequest) or drill (spec.verify)")
 
 
+class Verification(Schema):
+    backup: str | None = None
+    result: str = Field(description="Succeeded or Failed")
+    started_at: str | None = None
+    duration_seconds: float | None = None
+    message: str | None = None
+
+
 class BackupPolicyStatus(Schema):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -182,6 +228,7 @@ class BackupPolicyStatus(Schema):
     backups: int | None = None
     rpo_age_seconds: float | None = None
     measured_rto: MeasuredRto | None = None
+    last_verification: Verification | None = None
 
 
 class BackupPolicy(Schema):

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from ..api.backup import Backup
 from ..api.common import Condition, format_duration
-from ..api.policy import BackupPolicy, BackupPolicyStatus, BackupRef, MeasuredRto
+from ..api.policy import BackupPolicy, BackupPolicyStatus, BackupRef, MeasuredRto, Verification
 from .schedule import backup_due
 
 
@@ -114,6 +114,7 @@ def policy_status(
     *,
     now: datetime,
     measured: Measurement | None = None,
+    verification: Verification | None = None,
     previous: Sequence[Condition] = (),
 ) -> BackupPolicyStatus:
     good = sorted((b for b in backups if b.succeeded), key=lambda b: b.status.started_at)
@@ -129,6 +130,7 @@ def policy_status(
         rpo_age_seconds=round((now - newest.status.completed_at).total_seconds(), 3) if newest else None,
         measured_rto=MeasuredRto(seconds=measured.seconds, at=_iso(measured.at), backup=measured.backup_id,
                                  source=measured.source) if measured else None,
+        last_verification=verification,
         last_backup=last_ref or (_ref(newest) if newest else None),
         last_successful_backup=_ref(newest) if newest else None,
         next_backup_at=_iso(due.next_at),

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 LABEL_POLICY = "dockvault.io/policy"
 LABEL_TARGET = "dockvault.io/target"
 LABEL_JOB = "dockvault.io/job"
+LABEL_DRILL = "dockvault.io/drill"  # scratch resources of restore drills: removed after use, and at start-up
 PIPE_MOUNT = "/dockvault"
 DEFAULT_HELPER_IMAGE = "dockvault:latest"
 
@@ -189,10 +190,14 @@ class Engine:
             shutil.rmtree(pipe_dir, ignore_errors=True)
 
     def remove_leftovers(self) -> list[str]:
-        """Remove helper containers a killed dockvault left behind (found by their job label)."""
+        """Remove helpers and drill scratch resources a killed dockvault left behind (found by their labels)."""
         removed = []
         for container in self.client.containers.list(all=True, filters={"label": LABEL_JOB}):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                container.remove(force=True)
+                container.remove(force=True, v=True)
                 removed.append(container.name)
+        for volume in self.client.volumes.list(filters={"label": LABEL_DRILL}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                volume.remove(force=True)
+                removed.append(f"volume {volume.name}")
         return removed

@@ -48,6 +48,8 @@ class ExecProcess:
         self._conn = self._api.exec_start(self.exec_id, socket=True)
         self._sock: socket.socket = getattr(self._conn, "_sock", self._conn)
         self._stderr = bytearray()
+        self._out: Iterator[bytes] | None = None
+        self._unread = bytearray()
 
     def _frames(self) -> Iterator[tuple[int, bytes]]:
         pending = bytearray()
@@ -81,6 +83,34 @@ class ExecProcess:
                 del self._stderr[:-STDERR_KEEP]
             elif kind == 1:
                 yield payload
+
+    def send(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def close_stdin(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def read_until(self, separator: bytes) -> bytes:
+        """Stdout up to and including `separator`, for a conversation with a long-lived client (psql)."""
+        if self._out is None:
+            self._out = self.stdout()
+        while separator not in self._unread:
+            chunk = next(self._out, None)
+            if chunk is None:
+                raise EOFError(f"process ended before writing {separator!r}: {self._stderr.decode('utf-8', 'replace')}")
+            self._unread += chunk
+        end = self._unread.index(separator) + len(separator)
+        line = bytes(self._unread[:end])
+        del self._unread[:end]
+        return line
+
+    def read_rest(self) -> bytes:
+        rest = bytes(self._unread)
+        self._unread.clear()
+        return rest + b"".join(self._out if self._out is not None else self.stdout())
 
     def feed(self, chunks: Iterable[bytes], *, limit: int = STDERR_KEEP) -> bytes:
         """Write `chunks` to stdin, then close it; returns what the process wrote to stdout (up to `limit`)."""

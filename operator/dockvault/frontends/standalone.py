@@ -17,9 +17,10 @@ from pathlib import Path
 
 from ..actions.backup import BackupOutcome, run_backup
 from ..actions.restore import RestoreOutcome, run_restore
+from ..actions.verify import DrillOutcome, run_drill
 from ..api import Backup, BackupPolicy, RestoreRequest, RestoreRequestStatus
 from ..api.loader import Loaded, ResourceError, load_paths
-from ..controller.schedule import backup_due
+from ..controller.schedule import backup_due, drill_due
 from ..controller.status import Attempt
 from ..engine.core import Engine
 from ..engine.quiesce import resume_journaled
@@ -88,7 +89,9 @@ def policy_facts(policy: BackupPolicy, backups: list[Backup], state: StateStore)
         repository_backups=len(good),
         target_sizes=_sizes(newest) if newest else {},
         rto_seconds=measured.seconds if measured else None,
-        verify_last_success_timestamp=None,
+        verify_last_success_timestamp=max(
+            (at.timestamp() + (v.duration_seconds or 0) for at, v in state.drills(policy.name) if v.result == "Succeeded"),
+            default=None),
     )
 
 
@@ -246,6 +249,32 @@ class Controller:
         with self._lock:
             return list(self._facts)
 
+    def drill(self, policy: BackupPolicy) -> DrillOutcome:
+        outcome = run_drill(policy, engine=self.engine, repository=repository_for(policy), cancel=self.cancel)
+        verification = outcome.verification
+        self.state.record_drill(policy.name, outcome.started_at, verification)
+        self.notifier.send_async(policy.spec.notify, Event(
+            policy=policy.name, target=None, kind="drill", phase=verification.result, backup_id=verification.backup,
+            bytes=None, duration_seconds=verification.duration_seconds, message=verification.message,
+            host=policy.spec.host))
+        if self.metrics is not None:
+            self.metrics.restore_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
+                                          duration_seconds=outcome.seconds)
+        self.refresh_facts()
+        return outcome
+
+    def due_drills(self, now: datetime) -> list[BackupPolicy]:
+        due = []
+        for item in self.config.policies.values():
+            policy: BackupPolicy = item.resource  # type: ignore[assignment]
+            if policy.spec.verify is None or policy.spec.verify.schedule is None:
+                continue
+            last = self.state.last_drill(policy.name)
+            has_backup = self.state.last_success(policy.name) is not None
+            if drill_due(policy.spec, last_drill=last[0] if last else None, has_backup=has_backup, now=now).due:
+                due.append(policy)
+        return due
+
     def pending_restores(self) -> list[RestoreRequest]:
         pending = []
         for item in self.config.restores.values():
@@ -288,6 +317,10 @@ class Controller:
             future = self._submit(policy.name, lambda p=policy: self.backup(p, trigger="schedule"))
             if future:
                 started.append((f"backup {policy.name}", future))
+        for policy in self.due_drills(now):
+            future = self._submit(policy.name, lambda p=policy: self.drill(p))
+            if future:
+                started.append((f"drill {policy.name}", future))
         for request in self.pending_restores():
             policy = self.config.policy(request.spec.policy)
             if policy is None:

@@ -12,11 +12,12 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..api.backup import Backup
 from ..api.common import Condition
+from ..api.policy import Verification
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
@@ -29,6 +30,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE TABLE IF NOT EXISTS restores (
   name TEXT NOT NULL, spec_hash TEXT NOT NULL, policy TEXT NOT NULL, status TEXT NOT NULL, recorded_at TEXT NOT NULL,
   PRIMARY KEY (name, spec_hash));
+CREATE TABLE IF NOT EXISTS drills (
+  policy TEXT NOT NULL, started_at TEXT NOT NULL, verification TEXT NOT NULL, PRIMARY KEY (policy, started_at));
 CREATE TABLE IF NOT EXISTS conditions (
   policy TEXT NOT NULL PRIMARY KEY, conditions TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quiesced (
@@ -86,6 +89,14 @@ class StateStore:
         rows = self._run(
             "SELECT backup_id, phase, started_at, completed_at, bytes, message, trigger FROM attempts "
             "WHERE policy=? ORDER BY started_at DESC, backup_id DESC LIMIT 1", (policy,))
+        if not rows:
+            return None
+        bid, phase, started, completed, size, message, trigger = rows[0]
+        return Attempt(bid, phase, _dt(started), _dt(completed), size, message, trigger)
+
+    def last_success(self, policy: str) -> Attempt | None:
+        rows = self._run("SELECT backup_id, phase, started_at, completed_at, bytes, message, trigger FROM attempts "
+                         "WHERE policy=? AND phase='Succeeded' ORDER BY started_at DESC LIMIT 1", (policy,))
         if not rows:
             return None
         bid, phase, started, completed, size, message, trigger = rows[0]
@@ -152,11 +163,28 @@ class StateStore:
         except sqlite3.OperationalError:
             pass
 
+    def record_drill(self, policy: str, started_at: datetime, verification: Verification) -> None:
+        self._run("INSERT OR REPLACE INTO drills VALUES (?,?,?)",
+                  (policy, started_at.isoformat(), verification.model_dump_json(by_alias=True, exclude_none=True)))
+
+    def drills(self, policy: str) -> list[tuple[datetime, Verification]]:
+        rows = self._run("SELECT started_at, verification FROM drills WHERE policy=? ORDER BY started_at", (policy,))
+        return [(datetime.fromisoformat(at), Verification.model_validate_json(raw)) for at, raw in rows]
+
+    def last_drill(self, policy: str) -> tuple[datetime, Verification] | None:
+        drills = self.drills(policy)
+        return drills[-1] if drills else None
+
     def last_measurement(self, policy: str) -> Measurement | None:
-        """The newest successful restore of the policy: the RTO last achieved."""
+        """The newest successful restore or drill of the policy: the RTO last achieved."""
         best = None
         for _name, _hash, owner, status in self.restores():
             if owner == policy and status.phase == "Succeeded" and status.duration_seconds is not None:
                 if best is None or status.completed_at > best.at:
                     best = Measurement(status.duration_seconds, status.completed_at, status.backup, "restore")
+        for started, drill in self.drills(policy):
+            if drill.result == "Succeeded" and drill.duration_seconds is not None:
+                finished = started + timedelta(seconds=drill.duration_seconds)
+                if best is None or finished > best.at:
+                    best = Measurement(drill.duration_seconds, finished, drill.backup, "drill")
         return best

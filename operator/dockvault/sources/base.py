@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from ..api.backup import Artifact
-from ..api.policy import BackupTarget, CompressionSpec
+from ..api.policy import BackupTarget, CompressionSpec, DrillCheck
 from ..api.restore import RestoreTarget
 from ..engine.core import Engine, job_labels
 from ..engine.quiesce import Journal
@@ -52,6 +52,7 @@ class BackupContext:
     progress: Progress | None = None
     cancel: threading.Event | None = None
     journal: Journal | None = None
+    record_tables: bool = False  # rows per table, for restore drills (costs a count of every table)
 
     def labels(self, target: str) -> dict[str, str]:
         return job_labels(policy=self.policy, target=target, job=self.job_id)
@@ -129,3 +130,7 @@ class Source(Protocol):
         """Which of a target's artifacts this destination needs, in restore order (checksummed before any write)."""
 
     def restore(self, destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext) -> None: ...
+
+    def drill(self, target: BackupTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext,
+              checks: list[DrillCheck]) -> None:
+        """Restore into throwaway resources, prove the data is complete, always clean up; SourceError if not."""

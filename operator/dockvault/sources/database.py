@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import docker.errors
 
 from ..api.backup import Artifact
+from ..api.policy import DrillCheck, expectation
 from ..api.restore import RestoreTarget
 from ..credentials import SecretError, mask, resolve_password
-from ..engine.core import Engine
+from ..engine.core import LABEL_DRILL, Engine
 from ..engine.execstream import ExecProcess, ExecResult, run
 from .base import SourceError, check_cancel
 
@@ -70,6 +72,10 @@ class DbContainer:
             result = proc.result()
         self.check(result, what)
 
+    def session(self, argv: list[str]) -> ExecProcess:
+        """A client kept open with stdin, for a conversation (e.g. holding a snapshot for pg_dump)."""
+        return ExecProcess(self.engine.client, self.id, argv, env=self.env, stdin=True)
+
     def state(self) -> str:
         try:
             return self.engine.client.containers.get(self.id).status
@@ -113,3 +119,51 @@ def pick_dumps(artifacts: list[Artifact], destination: RestoreTarget, wanted: st
     if not chosen:
         raise SourceError(f"target {destination.from_!r} has no dump of database {wanted!r}")
     return chosen
+
+
+@contextlib.contextmanager
+def throwaway(engine: Engine, source: str, *, name: str, labels: dict[str, str]) -> Iterator[str]:
+    """A scratch server from the same image and settings as `source`, with no data, no mounts and no network."""
+    try:
+        config = engine.client.containers.get(source).attrs["Config"]
+    except docker.errors.NotFound:
+        raise SourceError(f"a drill starts its scratch server from container {source!r}, which does not exist") from None
+    container = engine.client.containers.run(
+        config["Image"], command=config.get("Cmd"), entrypoint=config.get("Entrypoint"),
+        environment=config.get("Env"), user=config.get("User") or None, working_dir=config.get("WorkingDir") or None,
+        labels={**labels, LABEL_DRILL: "true"}, name=name, network_mode="none", detach=True)
+    try:
+        yield container.name
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True, v=True)
+
+
+def wait_ready(probe, *, what: str, timeout: float = 180.0, cancel=None) -> None:
+    """Call `probe` until it stops raising SourceError; a scratch server needs a moment to initialise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        check_cancel(cancel)
+        try:
+            probe()
+            return
+        except SourceError as exc:
+            if time.monotonic() > deadline:
+                raise SourceError(f"{what} did not become ready within {timeout:.0f}s: {exc}") from None
+        time.sleep(0.5)
+
+
+def check_value(check: DrillCheck, value: str) -> str | None:
+    """None when the query's value meets the check's expectation, else what went wrong."""
+    op, wanted = expectation(check.expect)
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return f"check {check.sql!r} returned {value.strip()[:80]!r}, not a number"
+    ok = {"==": number == wanted, "!=": number != wanted, ">": number > wanted, ">=": number >= wanted,
+          "<": number < wanted, "<=": number <= wanted}[op]
+    return None if ok else f"check {check.sql!r} returned {value.strip()}, expected {check.expect}"
+
+
+def checks_for(checks: list[DrillCheck], target: str, database: str) -> list[DrillCheck]:
+    return [c for c in checks if c.target in (None, target) and c.database in (None, database)]

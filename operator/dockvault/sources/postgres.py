@@ -11,16 +11,46 @@ import contextlib
 from urllib.parse import quote
 
 from ..api.backup import Artifact
-from ..api.policy import BackupTarget, CompressionSpec
-from ..api.restore import RestoreTarget
-from .base import BackupContext, Opener, RestoreContext, RestoreRefused
-from .database import DbContainer, connect, credentials, hex_names, pick_dumps
+from ..api.policy import BackupTarget, CompressionSpec, DrillCheck
+from ..api.restore import PostgresRestore, RestoreTarget
+from .base import BackupContext, Opener, RestoreContext, RestoreRefused, SourceError
+from .database import (
+    DbContainer,
+    check_value,
+    checks_for,
+    connect,
+    credentials,
+    hex_names,
+    pick_dumps,
+    throwaway,
+    wait_ready,
+)
 
 kind = "postgres"
 PASSWORD_KEYS = ("POSTGRES_PASSWORD",)
 STORED = CompressionSpec(algorithm="none")  # pg_dump -Fc compresses already
 LIST_DATABASES = ("SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database "
                   "WHERE datallowconn AND NOT datistemplate ORDER BY datname")
+
+
+# Rows per table, read in the same snapshot pg_dump dumps, so a drill can prove nothing went missing.
+COUNT_TABLES = (
+    "SELECT format('%I.%I', n.nspname, c.relname) || E'\\t' || (xpath('/row/c/text()', query_to_xml("
+    "format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname !~ '^pg_(toast|temp)' ORDER BY 1;"
+)
+
+
+def parse_counts(output: bytes) -> dict[str, int]:
+    """Records of `COUNT_TABLES` as printed by `psql -A -t -0`."""
+    counts = {}
+    for record in output.decode("utf-8").split("\0"):
+        if record.strip():
+            name, _, rows = record.strip("\n").rpartition("\t")
+            counts[name] = int(rows)
+    return counts
 
 
 def conninfo(database: str) -> str:
@@ -58,11 +88,26 @@ def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
              "databases": ",".join(quote(d, safe="") for d in databases)}
     artifacts = []
     for database in databases:
-        chunks = db.stream(["pg_dump", "--no-password", "--format=custom", f"--dbname={conninfo(database)}"],
-                           what=f"pg_dump of database {database!r}", cancel=ctx.cancel)
-        artifacts.append(ctx.publish(target=target.name, source=kind, base_name=artifact_name(target.name, database),
-                                     chunks=chunks, compression=STORED,
-                                     details={**facts, "database": database, "format": "pg_dump custom"}))
+        details = {**facts, "database": database, "format": "pg_dump custom"}
+        argv = ["pg_dump", "--no-password", "--format=custom", f"--dbname={conninfo(database)}"]
+        if not ctx.record_tables:
+            chunks = db.stream(argv, what=f"pg_dump of database {database!r}", cancel=ctx.cancel)
+            artifacts.append(ctx.publish(target=target.name, source=kind, base_name=artifact_name(target.name, database),
+                                         chunks=chunks, compression=STORED, details=details))
+            continue
+        with db.session(["psql", "-X", "-w", "-A", "-t", "-q", "-0", "-v", "ON_ERROR_STOP=1",
+                         f"--dbname={conninfo(database)}"]) as session:
+            session.send(b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();\n")
+            snapshot = session.read_until(b"\0")[:-1].decode().strip()
+            chunks = db.stream([*argv, f"--snapshot={snapshot}"], what=f"pg_dump of database {database!r}",
+                               cancel=ctx.cancel)
+            artifact = ctx.publish(target=target.name, source=kind, base_name=artifact_name(target.name, database),
+                                   chunks=chunks, compression=STORED, details=details)
+            session.send(COUNT_TABLES.encode() + b"\nCOMMIT;\n")
+            session.close_stdin()
+            counts = parse_counts(session.read_rest())
+            db.check(session.result(), f"counting rows of database {database!r}")
+        artifacts.append(artifact.model_copy(update={"tables": counts}))
     roles = db.stream(["pg_dumpall", "--no-password", "--globals-only", f"--dbname={conninfo('postgres')}"],
                       what="pg_dumpall --globals-only", cancel=ctx.cancel)
     artifacts.append(ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.globals.sql", chunks=roles,
@@ -109,3 +154,36 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
                         [b'DROP DATABASE IF EXISTS :"name";\n'], what="dropping the half-restored database")
         raise
     ctx.notes.append(f"{'restored into' if exists else 'created'} database {spec.database} in {db.name}")
+
+
+def drill(target: BackupTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext,
+          checks: list[DrillCheck]) -> None:
+    """Restore every dump into a scratch server from the same image; rows per table must match the backup's."""
+    spec = target.postgres
+    assert spec is not None
+    roles = [s for s in streams if not s[0].details.get("database")]
+    dumps = [s for s in streams if s[0].details.get("database")]
+    name = f"dockvault-drill-{ctx.job_id}-{target.name}"
+    with throwaway(ctx.engine, spec.container, name=name, labels=ctx.labels(target.name)) as scratch:
+        access = {"container": scratch, "user": spec.user, "passwordFrom": spec.password_from}
+        db = _db(ctx.engine, PostgresRestore.model_validate({**access, "database": "postgres"}))
+        wait_ready(lambda: db.run(psql("postgres", "SELECT 1"), what="probe"), what=f"scratch server {scratch}",
+                   cancel=ctx.cancel)
+        for index, (artifact, opener) in enumerate(dumps):
+            database = artifact.details["database"]
+            destination = RestoreTarget.model_validate(
+                {"from": target.name, "postgres": {**access, "database": database, "overwrite": True}})
+            restore(destination, (roles if index == 0 else []) + [(artifact, opener)], ctx)
+            if artifact.tables is not None:
+                counted = parse_counts(db.run(["psql", "-X", "-w", "-A", "-t", "-q", "-0", f"--dbname={conninfo(database)}",
+                                               "-c", COUNT_TABLES], what="counting rows"))
+                wrong = [f"{t}: {counted.get(t, 'missing')} rows, backup had {n}" for t, n in artifact.tables.items()
+                         if counted.get(t) != n]
+                if wrong:
+                    raise SourceError(f"database {database!r} restored with wrong row counts: {'; '.join(wrong[:5])}")
+            for check in checks_for(checks, target.name, database):
+                value = db.run(psql(database, check.sql), what=f"check {check.sql!r}").decode()
+                if problem := check_value(check, value):
+                    raise SourceError(f"database {database!r}: {problem}")
+            ctx.notes.append(f"{target.name}: database {database} restored"
+                             + (f", {len(artifact.tables)} tables with matching row counts" if artifact.tables else ""))

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..api.backup import Artifact
-from ..api.policy import BackupTarget
+from ..api.policy import BackupTarget, DrillCheck
 from ..api.restore import RestoreTarget
-from ..engine.core import Helper
+from ..engine.core import LABEL_DRILL, Engine, Helper
 from ..engine.fifo import PeerGone
-from ..engine.quiesce import quiesced
+from ..engine.quiesce import Journal, quiesced
 from .base import BackupContext, Opener, RestoreContext, RestoreRefused, SourceError
 from .tarcheck import checked_tar
+from .tarindex import tree_index
 
 kind = "volume"
 
@@ -46,11 +47,11 @@ touch -r /tmp/.dockvault-mtime /target
 """
 
 
-def _archive(ctx: BackupContext, volume: str, quiesce: str, labels: dict[str, str], notes: list[str]) -> Iterator[bytes]:
-    engine = ctx.engine
+def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], notes: list[str],
+             journal: Journal | None = None) -> Iterator[bytes]:
     if not engine.volume_exists(volume):
         raise SourceError(f"volume {volume!r} does not exist on the Docker host")
-    with quiesced(engine, volume, quiesce, ctx.journal):
+    with quiesced(engine, volume, quiesce, journal):
         with engine.helper(TAR_CREATE, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels, pipes=("stream",)) as helper:
             try:
                 yield from helper.read("stream")
@@ -69,7 +70,7 @@ def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
     notes: list[str] = []
     details = {"volume": spec.name, "quiesce": spec.quiesce, "helperImage": ctx.engine.helper_image,
                "helperImageId": ctx.engine.helper_image_id(), "format": "tar (POSIX pax)"}
-    chunks = _archive(ctx, spec.name, spec.quiesce, ctx.labels(target.name), notes)
+    chunks = _archive(ctx.engine, spec.name, spec.quiesce, ctx.labels(target.name), notes, ctx.journal)
     artifact = ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.tar", chunks=chunks, details=details)
     if notes:
         artifact = artifact.model_copy(update={"details": {**artifact.details, "warning": "; ".join(notes)[:500]}})
@@ -133,3 +134,22 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
         raise
     if not existed:
         ctx.notes.append(f"created volume {spec.name}")
+
+
+def drill(target: BackupTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext,
+          checks: list[DrillCheck]) -> None:
+    """Restore into a scratch volume, archive that again, and compare it path by path with the backup."""
+    (artifact, opener), *_ = streams
+    scratch = f"dockvault-drill-{ctx.job_id}-{target.name}"
+    ctx.engine.create_volume(scratch, {**ctx.labels(target.name), LABEL_DRILL: "true"})
+    try:
+        destination = RestoreTarget.model_validate({"from": target.name, "volume": {"name": scratch, "overwrite": True}})
+        restore(destination, [(artifact, opener)], ctx)
+        expected = tree_index(ctx.stream(opener))
+        restored = tree_index(_archive(ctx.engine, scratch, "none", ctx.labels(target.name), []))
+        problems = expected.differences(restored)
+        if problems:
+            raise SourceError(f"the restored volume differs from backup: {'; '.join(problems)}")
+        ctx.notes.append(f"{target.name}: {len(expected.entries)} paths restored identical")
+    finally:
+        ctx.engine.remove_volume(scratch)
