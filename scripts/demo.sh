@@ -65,13 +65,42 @@ else
     exit 1
 fi
 
+step "Restore drill: restore the newest backup into a scratch volume, compare every path, measure the RTO"
+dockvault verify demo
+
 step "Status"
 dockvault get policies
 dockvault get backups
 dockvault get restores
 
+step "Metrics (dockvault run serves them for Prometheus; here for a moment on 127.0.0.1)"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+dockvault run --metrics-addr "127.0.0.1:$port" 2>"$WORK/run.log" &
+run_pid=$!
+for _ in $(seq 1 50); do
+    python3 - "$port" <<'PY' && break
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    sys.exit(0 if opener.open(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1).status == 200 else 1)
+except OSError:
+    sys.exit(1)
+PY
+    sleep 0.2
+done
+python3 - "$port" <<'PY'
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+text = opener.open(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+wanted = ("dockvault_rpo_seconds", "dockvault_rpo_target_seconds", "dockvault_rto_seconds", "dockvault_rto_target_seconds",
+          "dockvault_backup_last_success_timestamp_seconds", "dockvault_repository_backups")
+print("\n".join(line for line in text.splitlines() if line.startswith(wanted)))
+PY
+kill "$run_pid"; wait "$run_pid" || true
+
 step "The same artifact restores by hand with standard tools"
 artifact=$(ls "$WORK"/repo/demo/*/media.tar.zst)
 echo "zstd -d < $artifact | tar -x --numeric-owner -C DIR"
-zstd -d -q < "$artifact" | tar -t > "$WORK/members.txt"
+zstd -d -q "$artifact" -o "$WORK/media.tar"   # (tar stops reading at the end marker, before the record padding)
+tar -t -f "$WORK/media.tar" > "$WORK/members.txt"
 head -5 "$WORK/members.txt"; echo "... $(grep -c . "$WORK/members.txt") members"

@@ -92,3 +92,22 @@ def test_missing_volume_fails_clearly_and_publishes_nothing(volumes, repo_dir, c
     ready = rows[0]["status"]["conditions"][0]
     assert (ready["status"], ready["reason"]) == ("False", "BackupFailed")
     assert missing in ready["message"]
+
+
+def test_one_pass_runs_every_due_job_of_a_policy_one_after_another(docker_client, volumes, repo_dir, cli_env):
+    volume = volumes("e2e-once")
+    populate_volume(docker_client, volume, megabytes=2)
+    before = snapshot_volume(docker_client, volume)
+    config = Path(cli_env["DOCKVAULT_CONFIG_DIR"])
+    write_policy(config, name="busy", volume=volume, repo=repo_dir, extra='  verify: {schedule: "0 5 * * 0"}\n  objectives: {rto: 30m}\n')
+    dockvault("backup", "busy", env=cli_env)
+    docker_client.volumes.get(volume).remove()
+    write_restore(config, name="busy-restore", policy="busy", volume=volume)
+
+    result = dockvault("run", "--once", env=cli_env)  # a drill is due too: same policy, so they take turns
+    assert "drill busy of backup" in result.stderr and "restore busy-restore succeeded" in result.stderr
+    assert snapshot_volume(docker_client, volume) == before
+    (row,) = json.loads(dockvault("get", "policies", "-o", "json", env=cli_env).stdout)
+    assert row["status"]["lastVerification"]["result"] == "Succeeded"
+    assert row["status"]["measuredRto"]["source"] in ("drill", "restore")
+    assert {c["type"]: c["status"] for c in row["status"]["conditions"]}["RTOMet"] == "True"

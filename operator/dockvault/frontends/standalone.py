@@ -310,17 +310,11 @@ class Controller:
 
         return self.pool.submit(run)
 
-    def dispatch(self, now: datetime) -> list[tuple[str, Future]]:
-        """Start every due backup and pending restore whose policy is idle."""
+    def dispatch(self, now: datetime, *, skip: frozenset[str] = frozenset()) -> list[tuple[str, Future]]:
+        """Start every due backup and drill and every pending restore whose policy is idle (labels in `skip` excepted)."""
         started: list[tuple[str, Future]] = []
-        for policy in self.due_backups(now):
-            future = self._submit(policy.name, lambda p=policy: self.backup(p, trigger="schedule"))
-            if future:
-                started.append((f"backup {policy.name}", future))
-        for policy in self.due_drills(now):
-            future = self._submit(policy.name, lambda p=policy: self.drill(p))
-            if future:
-                started.append((f"drill {policy.name}", future))
+        jobs = [(f"backup {p.name}", p, lambda p=p: self.backup(p, trigger="schedule")) for p in self.due_backups(now)]
+        jobs += [(f"drill {p.name}", p, lambda p=p: self.drill(p)) for p in self.due_drills(now)]
         for request in self.pending_restores():
             policy = self.config.policy(request.spec.policy)
             if policy is None:
@@ -328,9 +322,13 @@ class Controller:
                     log.error("restore %s waits: policy %r is not loaded", request.name, request.spec.policy)
                     self._seen_errors.add(f"restore:{request.name}")
                 continue
-            future = self._submit(policy.name, lambda r=request, p=policy: self.restore(r, p))
+            jobs.append((f"restore {request.name}", policy, lambda r=request, p=policy: self.restore(r, p)))
+        for label, policy, work in jobs:
+            if label in skip:
+                continue
+            future = self._submit(policy.name, work)
             if future:
-                started.append((f"restore {request.name}", future))
+                started.append((label, future))
         return started
 
     def run_once(self) -> bool:
@@ -341,12 +339,17 @@ class Controller:
             if self.config.policy(request.spec.policy) is None:
                 log.error("restore %s: policy %r is not loaded", request.name, request.spec.policy)
                 ok = False
-        for label, future in self.dispatch(now_utc()):
-            outcome = future.result()
-            if not outcome.succeeded:
+        done: set[str] = set()
+        running: list[tuple[str, Future]] = []
+        while True:  # jobs of one policy run one after another; each job at most once per pass
+            running += self.dispatch(now_utc(), skip=frozenset(done))
+            if not running:
+                return ok
+            label, future = running.pop(0)
+            done.add(label)
+            if not future.result().succeeded:
                 log.error("%s failed", label)
                 ok = False
-        return ok
 
     def serve(self, stop: threading.Event, *, tick: float = 1.0, facts_every: float = 5.0) -> None:
         """Watch the config directory and dispatch due jobs every tick until `stop` is set.
