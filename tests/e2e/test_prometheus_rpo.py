@@ -110,6 +110,9 @@ def test_rpo_alert_fires_when_overdue_and_resolves_after_a_backup(promtool_or_sk
         wait_for(lambda: NO_PROXY.open(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5).status == 200,
                  "dockvault to be ready")
         wait_for(lambda: query('up{job="dockvault"} == 1'), "Prometheus to scrape dockvault")
+        exposition = NO_PROXY.open(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+        lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True)
+        assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
         manifest = json.loads(next(repo_dir.glob("rpo-demo/*/manifest.json")).read_text())
         completed = manifest["status"]["completedAt"].replace("Z", "+00:00")
         sample = wait_for(lambda: query('dockvault_rpo_seconds{policy="rpo-demo"}'), "dockvault_rpo_seconds")[0]
