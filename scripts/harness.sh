@@ -96,7 +96,7 @@ procs_in_tmp() {  # pids (not ours) whose command line mentions $TMP/
     for f in /proc/[0-9]*/cmdline; do
         p=${f#/proc/}; p=${p%/cmdline}
         [[ $p == "$$" || $p == "${BASHPID:-$$}" ]] && continue
-        cmd=$(tr '\0' ' ' <"$f" 2>/dev/null) || continue
+        cmd=$( { tr '\0' ' ' <"$f"; } 2>/dev/null) || continue  # the process may be gone already
         [[ $cmd == *"$TMP/"* ]] && alive "$p" && echo "$p"
     done
     return 0
