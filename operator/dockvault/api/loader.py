@@ -49,9 +49,6 @@ class LoadResult:
         self.items.extend(other.items)
         self.errors.extend(other.errors)
 
-    def of_kind(self, kind: type[Resource]) -> list[Loaded]:
-        return [item for item in self.items if isinstance(item.resource, kind)]
-
 
 def format_loc(loc: Iterable[Any]) -> str:
     out = ""

@@ -41,12 +41,6 @@ def _compressor(spec: CompressionSpec) -> _Compressor:
     return _Identity()
 
 
-class WriteResult(Protocol):
-    bytes: int
-    raw_bytes: int
-    sha256: str
-
-
 class CompressingWriter:
     """Compress chunks into `out`, counting raw and stored bytes and hashing what is stored."""
 
@@ -73,13 +67,6 @@ class CompressingWriter:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
-
-
-def file_sha256(stream: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while chunk := stream.read(READ_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _zstd_frames(chunks: Iterable[bytes]) -> Iterator[bytes]:

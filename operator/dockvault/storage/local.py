@@ -105,9 +105,6 @@ class LocalRepository:
     def open_artifact(self, policy: str, backup_id: str, name: str) -> BinaryIO:
         return open(self._folder(policy, backup_id) / name, "rb")
 
-    def artifact_path(self, policy: str, backup_id: str, name: str) -> Path:
-        return self._folder(policy, backup_id) / name
-
     def delete(self, policy: str, backup_id: str) -> None:
         """Remove the manifest first, so a deletion cut short never leaves a backup that looks complete."""
         folder = self._folder(policy, backup_id)
