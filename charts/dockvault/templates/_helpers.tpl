@@ -1,0 +1,87 @@
+{{/* Chart name, truncated to a DNS label. */}}
+{{- define "dockvault.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release name, plus the chart name unless the release name already contains it. */}}
+{{- define "dockvault.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "dockvault.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "dockvault.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dockvault.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "dockvault.labels" -}}
+helm.sh/chart: {{ include "dockvault.chart" . }}
+{{ include "dockvault.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "dockvault.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "dockvault.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "dockvault.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "dockvault.helperImage" -}}
+{{- default (include "dockvault.image" .) .Values.helperImage }}
+{{- end }}
+
+{{/* True (non-empty) when the pipe directory is a node directory shared with the Docker host. */}}
+{{- define "dockvault.pipesOnHost" -}}
+{{- if and (eq .Values.docker.mode "socket") .Values.pipes.hostPath }}true{{ end }}
+{{- end }}
+
+{{/* The operator's RBAC rules: only what the kopf handlers need, nothing with `*`. */}}
+{{- define "dockvault.rbacRules" -}}
+- apiGroups: [dockvault.io]
+  resources: [backuppolicies, restorerequests]
+  verbs: [get, list, watch, patch]
+- apiGroups: [dockvault.io]
+  resources: [backups]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [dockvault.io]
+  resources: [backuppolicies/status, restorerequests/status, backups/status]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.peering.enabled }}
+- apiGroups: [kopf.dev]
+  resources: [{{ if .Values.rbac.clusterWide }}clusterkopfpeerings{{ else }}kopfpeerings{{ end }}]
+  verbs: [get, list, watch, patch]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, watch, create, update, patch]
+{{- end }}
+{{- if .Values.secrets.enabled }}
+- apiGroups: [""]
+  resources: [secrets]
+  {{- with .Values.secrets.resourceNames }}
+  resourceNames: {{ toJson . }}
+  {{- end }}
+  verbs: [get]
+{{- end }}
+{{- end }}
