@@ -3,7 +3,7 @@
 #
 #   scripts/harness.sh COMMAND [ARGS...]
 #
-# 1. installs what is missing (docker.io, mmdebstrap, zstd, tar, prometheus from apt; the
+# 1. installs what is missing (docker.io, mmdebstrap, zstd, tar, prometheus, docker-compose from apt; the
 #    project itself with its `test` extra through pip);
 # 2. starts a private dockerd (own data-root, exec-root, pidfile and unix
 #    socket under a short temp dir; no bridge, no iptables);
@@ -219,6 +219,8 @@ install_apt() {
     command -v tar >/dev/null 2>&1 || need+=(tar)
     # prometheus and promtool: the metrics, alert-rule and dashboard tests run against the real thing.
     { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
+    # docker-compose (v1, Debian's): tests/e2e/test_compose.py runs examples/compose with it.
+    command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
     [[ ${#need[@]} -eq 0 ]] && return 0
     [[ $(id -u) == 0 ]] || die "missing packages: ${need[*]} (run as root, or install them)"
     log "installing ${need[*]} (apt)"
