@@ -171,6 +171,40 @@ def run(
             server.stop()
 
 
+@app.command()
+def kube(
+    host: Annotated[str, typer.Option("--host", help="serve only resources whose spec.host is this")] = "local",
+    namespace: Annotated[Optional[list[str]], typer.Option("--namespace", "-n", help="watch only these namespaces")]
+    = None,
+    peering: Annotated[bool, typer.Option("--peering/--no-peering", help="one active instance per host")] = True,
+    helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
+    metrics_addr: Annotated[str, typer.Option("--metrics-addr", envvar="DOCKVAULT_METRICS_ADDR",
+                                              help="serve /metrics, /healthz, /readyz here; 'off' to disable")]
+    = "127.0.0.1:9477",
+    verbose: bool = False,
+) -> None:
+    """Kubernetes mode: reconcile BackupPolicy, RestoreRequest and Backup resources with kopf."""
+    _setup_logging(verbose)
+    try:
+        from .frontends.kube import run_operator
+    except ImportError as exc:
+        raise _fail(f"Kubernetes mode needs the 'kube' extra (pip install 'dockvault[kube]'): {exc}") from None
+    server = None
+    if metrics_addr not in ("", "off"):
+        registry = CollectorRegistry()
+        DockvaultMetrics(registry, lambda: [])
+        server = MetricsServer(registry, metrics_addr)
+        try:
+            server.start()
+        except (OSError, ValueError) as exc:
+            raise _fail(f"--metrics-addr: {exc}") from None
+    try:
+        run_operator(host=host, namespaces=namespace or None, helper_image=helper_image, peering=peering)
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def _human(n: int | None) -> str:
     if n is None:
         return "-"
