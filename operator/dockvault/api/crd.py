@@ -33,6 +33,7 @@ _AGE = _column("Age", ".metadata.creationTimestamp", "date")
 _KINDS: dict[type[BaseModel], tuple[str, str, list[dict[str, str]]]] = {
     BackupPolicy: ("backuppolicies", "bp", [
         _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+        _column("RPO", '.status.conditions[?(@.type=="RPOMet")].reason'),
         _column("Last Success", ".status.lastSuccessfulBackup.completedAt", "date"),
         _column("Next Run", ".status.nextBackupAt"),
         _AGE,
