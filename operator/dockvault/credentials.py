@@ -6,10 +6,12 @@ would otherwise be printed (an error from a database client may echo what it was
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from .api.common import PasswordFrom
@@ -21,6 +23,32 @@ _lock = threading.Lock()
 
 class SecretError(RuntimeError):
     pass
+
+
+# Reads one key of a Secret: (name, key) -> value. Kubernetes mode installs one per job, bound to the
+# namespace of the resource being served (see frontends/kube.py); standalone mode has none.
+SecretReader = Callable[[str, str], str]
+_secret_reader: contextvars.ContextVar[SecretReader | None] = contextvars.ContextVar("dockvault_secret_reader",
+                                                                                      default=None)
+NO_SECRET_READER = ("passwordFrom.secretKeyRef: Secrets can only be read in Kubernetes mode (dockvault kube); "
+                    "use env or file")
+
+
+@contextlib.contextmanager
+def secret_reader(reader: SecretReader | None) -> Iterator[None]:
+    """Use `reader` for secretKeyRef in this thread (context) until the block ends.
+
+    Context variables do not follow work into executor threads (`loop.run_in_executor` does not copy the
+    context), so install the reader in the very thread that runs the job."""
+    token = _secret_reader.set(reader)
+    try:
+        yield
+    finally:
+        _secret_reader.reset(token)
+
+
+def current_secret_reader() -> SecretReader | None:
+    return _secret_reader.get()
 
 
 def register(value: str) -> str:
@@ -60,6 +88,19 @@ def resolve_password(source: PasswordFrom | None, container_env: Mapping[str, st
         if source.env not in os.environ:
             raise SecretError(f"passwordFrom.env: environment variable {source.env} is not set for dockvault")
         return register(os.environ[source.env])
+    if source is not None and source.secret_key_ref is not None:
+        ref = source.secret_key_ref
+        reader = _secret_reader.get()
+        if reader is None:
+            raise SecretError(NO_SECRET_READER)
+        try:
+            value = reader(ref.name, ref.key)
+        except SecretError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a reader's failure must name the secret, never carry its value
+            raise SecretError(f"passwordFrom.secretKeyRef: cannot read key {ref.key!r} of Secret {ref.name!r}: "
+                              f"{type(exc).__name__}") from None
+        return register(value)
     if source is not None and source.file is not None:
         try:
             return register(Path(source.file).read_text(encoding="utf-8").rstrip("\r\n"))

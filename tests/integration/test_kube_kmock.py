@@ -44,6 +44,8 @@ class VersionedEmulator(kmock.KubernetesEmulator):
     _versions = itertools.count(1000)
 
     async def _handle(self, request):
+        if isinstance(getattr(self, "seen", None), list):
+            self.seen.append(request)
         data = request.data
         if request.resource is not None and request.action == enums.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
@@ -260,3 +262,39 @@ def events(km) -> list[dict]:
         if resource.plural == "events" and not obj.deleted:
             out.append(obj.raw)
     return out
+
+
+def test_secret_key_ref_reader_reads_the_namespaced_secret(tmp_path, monkeypatch):
+    """passwordFrom.secretKeyRef: the reader kube.py installs GETs /api/v1/namespaces/NS/secrets/NAME and decodes the key;
+    a missing Secret or key is an error naming both, never a value."""
+    import base64
+
+    from dockvault.credentials import SecretError
+
+    async def scenario() -> None:
+        async with VersionedEmulator() as km, kmock.Server(km) as server:
+            declare_resources(km)
+            km.seen = []
+            km.objects["v1/secrets", NS, "pg-credentials"] = {
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "pg-credentials", "namespace": NS, "resourceVersion": "5"},
+                "data": {"password": base64.b64encode(b"kmock-s3cret\n").decode(),
+                         "user": base64.b64encode(b"admin").decode()}}
+            write_kubeconfig(tmp_path / "kubeconfig", str(server.url))
+            monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+            reader = kube.KubeApi().secret_reader(NS)
+            assert await asyncio.to_thread(reader, "pg-credentials", "password") == "kmock-s3cret"
+            assert (f"/api/v1/namespaces/{NS}/secrets/pg-credentials", "pg-credentials") in [
+                (str(getattr(r.url, "path", r.url)).split("?")[0].removeprefix(str(server.url).rstrip("/")), r.name)
+                for r in km.seen if str(r.method).upper().endswith("GET")]
+            with pytest.raises(SecretError) as missing_key:
+                await asyncio.to_thread(reader, "pg-credentials", "root-password")
+            assert str(missing_key.value) == (f"passwordFrom.secretKeyRef: Secret {NS}/pg-credentials has no key "
+                                              "'root-password'")
+            with pytest.raises(SecretError) as missing:
+                await asyncio.to_thread(reader, "nope", "password")
+            assert f"Secret {NS}/nope does not exist" in str(missing.value)
+            for exc in (missing_key.value, missing.value):
+                assert "kmock-s3cret" not in str(exc) and "YWRtaW4" not in str(exc)
+
+    asyncio.run(scenario())

@@ -48,6 +48,8 @@ NAMESPACE = "backup"
 # kubernetes-validate has none: schema validation is skipped for exactly these, and
 # check_third_party_structure() asserts their shape instead.
 THIRD_PARTY_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+# kopf's peering CRDs: hand-written in the chart (no single source in crds/, not touched by sync.sh).
+KOPF_CRDS = sorted(p.name for p in (CHART / "crds").glob("*.kopf.dev.yaml"))
 
 TLS_VALUES = {"docker": {"mode": "tcp", "tcp": {"host": "tcp://docker.example.internal:2376",
                                                 "tls": {"secretName": "docker-client-tls"}}}}
@@ -158,6 +160,29 @@ def check_third_party_structure(doc: dict[str, Any], docs: list[dict[str, Any]])
                 assert isinstance(rule["expr"], str) and rule["expr"].strip()
 
 
+def chart_crd_of(api_version: str, kind: str) -> dict[str, Any]:
+    group, version = api_version.split("/")
+    for path in (CHART / "crds").glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind:
+            assert [v["name"] for v in crd["spec"]["versions"] if v["served"]] == [version], path.name
+            return crd
+    raise AssertionError(f"no CRD in charts/dockvault/crds/ serves {api_version} {kind}")
+
+
+def check_against_chart_crd(doc: dict[str, Any]) -> None:
+    """An object of a CRD the chart ships (kubernetes-validate has no schema for it): its scope, and its CRD's schema."""
+    import jsonschema
+
+    crd = chart_crd_of(doc["apiVersion"], doc["kind"])
+    namespaced = crd["spec"]["scope"] == "Namespaced"
+    assert ("namespace" in doc["metadata"]) == namespaced, doc["metadata"]
+    if namespaced:
+        assert doc["metadata"]["namespace"] == NAMESPACE
+    schema = copy.deepcopy(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    jsonschema.validate({k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}, schema)
+
+
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("case", VALUE_SETS)
 def test_rendered_manifests_are_valid(chart: Any, case: str, kube_version: str):
@@ -166,6 +191,9 @@ def test_rendered_manifests_are_valid(chart: Any, case: str, kube_version: str):
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) in THIRD_PARTY_KINDS:
             check_third_party_structure(doc, docs)
+            continue
+        if doc["apiVersion"].startswith("kopf.dev/"):
+            check_against_chart_crd(doc)
             continue
         try:
             kubernetes_validate.validate(doc, kube_version, strict=True)
@@ -186,8 +214,36 @@ def test_crds_are_valid(crd: str, kube_version: str):
                             f"{'.'.join(map(str, exc.path))}: {exc.message}")
 
 
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("crd", KOPF_CRDS)
+def test_kopf_peering_crds_are_valid(crd: str, kube_version: str):
+    (doc,) = [d for d in yaml.safe_load_all((CHART / "crds" / crd).read_text(encoding="utf-8")) if d]
+    try:
+        kubernetes_validate.validate(doc, kube_version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(f"charts/dockvault/crds/{crd} invalid for Kubernetes {kube_version}: "
+                    f"{'.'.join(map(str, exc.path))}: {exc.message}")
+    spec = doc["spec"]
+    assert doc["metadata"]["name"] == f"{spec['names']['plural']}.kopf.dev" == crd.removesuffix(".yaml")
+    assert spec["group"] == "kopf.dev"
+    assert [(v["name"], v["served"], v["storage"]) for v in spec["versions"]] == [("v1", True, True)]
+    # kopf writes each instance's keep-alive under .status of the main resource (no status subresource)
+    assert "subresources" not in spec["versions"][0]
+    schema = spec["versions"][0]["schema"]["openAPIV3Schema"]
+    assert schema["properties"]["status"] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def test_kopf_peering_crds_are_the_two_kopf_uses():
+    scopes = {}
+    for crd in KOPF_CRDS:
+        doc = yaml.safe_load((CHART / "crds" / crd).read_text(encoding="utf-8"))
+        scopes[doc["spec"]["names"]["kind"]] = doc["spec"]["scope"]
+    assert scopes == {"ClusterKopfPeering": "Cluster", "KopfPeering": "Namespaced"}
+
+
 def test_helm_loads_the_crds(chart: Any):
-    assert sorted(c["filename"].rsplit("/", 1)[-1] for c in chart.crds) == sorted(p.name for p in CRD_DIR.glob("*.yaml"))
+    assert sorted(c["filename"].rsplit("/", 1)[-1] for c in chart.crds) == \
+        sorted([p.name for p in CRD_DIR.glob("*.yaml")] + KOPF_CRDS)
 
 
 # --- the chart's copies equal their single sources ----------------------------------------------------------------
@@ -195,7 +251,7 @@ def test_helm_loads_the_crds(chart: Any):
 
 def test_chart_crds_equal_the_generated_crds():
     source = {p.name: p.read_text(encoding="utf-8") for p in CRD_DIR.glob("*.yaml")}
-    copied = {p.name: p.read_text(encoding="utf-8") for p in (CHART / "crds").glob("*.yaml")}
+    copied = {p.name: p.read_text(encoding="utf-8") for p in (CHART / "crds").glob("*.yaml") if p.name not in KOPF_CRDS}
     stale = sorted(name for name in source.keys() | copied.keys() if source.get(name) != copied.get(name))
     assert not stale, f"charts/dockvault/crds/ differs from crds/ ({', '.join(stale)}); {SYNC_HINT}"
 
@@ -276,6 +332,7 @@ EXPECTED_ALWAYS = {
     ("", "events"): {"create", "patch"},
 }
 PEERING = {("coordination.k8s.io", "leases"): READ | {"create", "update", "patch"}}
+CRD_SCAN = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}  # cluster-scoped: ClusterRole only
 
 
 @pytest.mark.parametrize("case", VALUE_SETS)
@@ -296,6 +353,8 @@ def test_rbac_is_least_privilege(chart: Any, case: str):
     if peering:
         expected.update(PEERING)
         expected[("kopf.dev", "clusterkopfpeerings" if cluster_wide else "kopfpeerings")] = READ | {"patch"}
+    if cluster_wide:
+        expected.update(CRD_SCAN)
     if secrets:
         expected[("", "secrets")] = {"get"}
     assert granted(rules) == expected
@@ -407,6 +466,32 @@ def test_scope_and_peering_args(chart: Any):
     assert namespaced[namespaced.index("--namespace") + 1] == NAMESPACE and "--no-peering" not in namespaced
     no_peering = pod(render(chart, VALUE_SETS["peering-off"]))["containers"][0]["args"]
     assert "--no-peering" in no_peering and "--namespace" not in no_peering
+
+
+@pytest.mark.parametrize("host", ["local", "node-a", "Docker_Host.2", "a" * 100, "--x--", "Ünï.host"])
+@pytest.mark.parametrize("cluster_wide", [True, False])
+def test_peering_object_is_named_as_the_operator_names_it(chart: Any, host: str, cluster_wide: bool):
+    from dockvault.frontends.kube import peering_name
+
+    docs = render(chart, {"host": host, "rbac": {"clusterWide": cluster_wide}})
+    peering = [doc for doc in docs if doc["apiVersion"] == "kopf.dev/v1"]
+    assert len(peering) == 1, peering
+    (obj,) = peering
+    assert obj["metadata"]["name"] == peering_name(host)
+    if cluster_wide:
+        assert obj["kind"] == "ClusterKopfPeering" and "namespace" not in obj["metadata"]
+    else:
+        assert obj["kind"] == "KopfPeering" and obj["metadata"]["namespace"] == NAMESPACE
+        args = pod(docs)["containers"][0]["args"]
+        assert args[args.index("--namespace") + 1] == NAMESPACE  # the namespace kopf looks for its KopfPeering in
+    # the RBAC grants the peering kind the object is
+    kind_plural = {"ClusterKopfPeering": "clusterkopfpeerings", "KopfPeering": "kopfpeerings"}[obj["kind"]]
+    assert ("kopf.dev", kind_plural) in granted(rbac_rules(docs))
+
+
+def test_no_peering_object_without_peering(chart: Any):
+    docs = render(chart, VALUE_SETS["peering-off"])
+    assert not [doc for doc in docs if doc["apiVersion"].startswith("kopf.dev/")]
 
 
 def test_everything_overrides(chart: Any):

@@ -256,3 +256,121 @@ def test_registry_has_the_three_kinds_of_handlers():
     assert [h.selector.plural for h in registry._spawning.get_all_handlers()] == ["backuppolicies"]
     assert not any(h.requires_finalizer for h in registry._changing.get_all_handlers())
 
+
+
+# --- passwordFrom.secretKeyRef: a reader bound to the resource's namespace, in the job's thread ----------------
+
+class RecordingApi(kube.KubeApi):
+    """A KubeApi whose Secret reads and status writes are recorded instead of sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[str, str, str]] = []
+        self.patched: list[tuple[str, str, str]] = []
+
+    def read_secret(self, namespace: str, name: str, key: str) -> str:
+        self.reads.append((namespace, name, key))
+        return f"pw-of-{name}-{key}"
+
+    def patch_status(self, plural, namespace, name, status) -> None:
+        self.patched.append((plural, namespace, name))
+
+
+class JobRan(Exception):
+    pass
+
+
+def reader_probe(seen: list):
+    """A stand-in for run_backup/run_restore/run_drill: resolves a secretKeyRef the way a database source does."""
+    import threading
+
+    from dockvault.api.common import PasswordFrom
+    from dockvault.credentials import resolve_password
+
+    def job(*_args, **_kwargs):
+        source = PasswordFrom.model_validate({"secretKeyRef": {"name": "pg-credentials", "key": "password"}})
+        seen.append((threading.get_ident(), resolve_password(source, {}, ())))
+        raise JobRan
+
+    return job
+
+
+def test_a_scheduled_backup_runs_with_a_reader_bound_to_the_policy_namespace(monkeypatch, tmp_path):
+    import threading
+
+    from dockvault.credentials import current_secret_reader
+
+    seen: list = []
+    monkeypatch.setattr(kube, "run_backup", reader_probe(seen))
+    rt = kube.Runtime(host="local", api=RecordingApi(), engine_factory=object)
+    body = policy_body(storage={"local": {"path": str(tmp_path)}})
+    with pytest.raises(JobRan):
+        kube.reconcile_policy(rt, body, run_jobs=True)
+    assert seen == [(threading.get_ident(), "pw-of-pg-credentials-password")]
+    assert rt.api.reads == [("ns1", "pg-credentials", "password")]
+    assert current_secret_reader() is None  # only for the duration of the job
+
+
+def test_a_restore_runs_with_a_reader_bound_to_the_request_namespace(monkeypatch, tmp_path):
+    seen: list = []
+    monkeypatch.setattr(kube, "run_restore", reader_probe(seen))
+    rt = kube.Runtime(host="local", api=RecordingApi(), engine_factory=object)
+    policy = policy_body(storage={"local": {"path": str(tmp_path)}})
+    with pytest.raises(JobRan):
+        kube.handle_restore(rt, restore_body(), {("ns1", "myapp"): [policy]}, {})
+    assert rt.api.reads == [("ns1", "pg-credentials", "password")]
+    assert [s[1] for s in seen] == ["pw-of-pg-credentials-password"]
+    assert rt.api.patched == [(kube.RESTORES, "ns1", "restore-myapp-1")]  # Running was written first
+
+
+class FakeApiError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"({status}) Reason: whatever")
+        self.status = status
+
+
+class FakeCore:
+    def __init__(self, result: Any) -> None:
+        self.result, self.calls = result, []
+
+    def read_namespaced_secret(self, name, namespace):
+        self.calls.append((name, namespace))
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+class FakeSecret:
+    def __init__(self, data):
+        self.data = data
+
+
+def api_with(result: Any) -> kube.KubeApi:
+    api = kube.KubeApi()
+    api._core = FakeCore(result)
+    return api
+
+
+def test_read_secret_decodes_the_key_of_the_namespaced_secret():
+    import base64
+
+    api = api_with(FakeSecret({"password": base64.b64encode(b"p\xc3\xa4ss w0rd\n").decode()}))
+    assert api.secret_reader("ns1")("pg-credentials", "password") == "päss w0rd"
+    assert api._core.calls == [("pg-credentials", "ns1")]
+
+
+@pytest.mark.parametrize(("result", "message"), [
+    (FakeApiError(404), "passwordFrom.secretKeyRef: Secret ns1/pg-credentials does not exist"),
+    (FakeApiError(403), "passwordFrom.secretKeyRef: Secret ns1/pg-credentials: forbidden"),
+    (FakeApiError(500), "passwordFrom.secretKeyRef: Secret ns1/pg-credentials: cannot read it: HTTP 500"),
+    (FakeSecret({"user": "YWRtaW4="}), "passwordFrom.secretKeyRef: Secret ns1/pg-credentials has no key 'password'"),
+    (FakeSecret(None), "has no key 'password'"),
+    (FakeSecret({"password": "!!not base64!!"}), "key 'password' is not base64-encoded UTF-8 text"),
+])
+def test_read_secret_failures_name_the_secret_and_key(result, message):
+    from dockvault.credentials import SecretError
+
+    with pytest.raises(SecretError) as caught:
+        api_with(result).read_secret("ns1", "pg-credentials", "password")
+    assert message in str(caught.value)
+    assert "YWRtaW4" not in str(caught.value) and "admin" not in str(caught.value)

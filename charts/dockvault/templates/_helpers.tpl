@@ -54,6 +54,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (eq .Values.docker.mode "socket") .Values.pipes.hostPath }}true{{ end }}
 {{- end }}
 
+{{/*
+The kopf peering name of .Values.host, exactly as frontends/kube.py's peering_name(host): "dockvault-" + the host as
+a DNS label (lowercase, runs of other characters as "-", at most 40 characters, "default" when empty) and, when
+that label differs from the host, "-" + the first 6 hex digits of the host's SHA-256.
+*/}}
+{{- define "dockvault.peeringName" -}}
+{{- $host := toString .Values.host }}
+{{- $label := regexReplaceAll "[^a-z0-9-]+" (lower $host) "-" | trimAll "-" | trunc 40 | trimAll "-" }}
+{{- $label = default "default" $label }}
+{{- if ne $label $host }}
+{{- $label = printf "%s-%s" $label (sha256sum $host | trunc 6) }}
+{{- end }}
+{{- printf "dockvault-%s" $label }}
+{{- end }}
+
 {{/* The operator's RBAC rules: only what the kopf handlers need, nothing with `*`. */}}
 {{- define "dockvault.rbacRules" -}}
 - apiGroups: [dockvault.io]
@@ -75,6 +90,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [get, list, watch, create, update, patch]
+{{- end }}
+{{- if .Values.rbac.clusterWide }}
+{{- /* kopf watches CRDs to notice served resources appear; a Role cannot grant these (they are cluster-scoped),
+so a namespaced install does without: kopf then only discovers resources at start-up. */}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
 {{- end }}
 {{- if .Values.secrets.enabled }}
 - apiGroups: [""]

@@ -143,16 +143,25 @@ def _check_timezone(value: str) -> str:
 Timezone = Annotated[str, AfterValidator(_check_timezone), WithJsonSchema({"type": "string"})]
 
 
+class SecretKeyRef(Schema):
+    """One key of a Kubernetes Secret in the resource's own namespace (Kubernetes mode only)."""
+
+    name: ResourceName = Field(description="name of the Secret, in the namespace of the resource")
+    key: str = Field(min_length=1, description="key in the Secret's data")
+
+
 class PasswordFrom(Schema):
     """Where a database password comes from: never from the resource itself."""
 
     env: str | None = Field(None, min_length=1, description="environment variable of the dockvault process")
     file: str | None = Field(None, min_length=1, description="file readable by dockvault (e.g. a mounted secret)")
+    secret_key_ref: SecretKeyRef | None = Field(
+        None, description="key of a Secret in the resource's namespace (Kubernetes mode only: dockvault kube)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PasswordFrom:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("passwordFrom needs exactly one of env or file")
+        if sum(v is not None for v in (self.env, self.file, self.secret_key_ref)) != 1:
+            raise ValueError("passwordFrom needs exactly one of env, file or secretKeyRef")
         return self
 
 

@@ -6,6 +6,7 @@ Schema is rewritten into that shape here; a model that cannot be expressed fails
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str, seen: tup
             if name in seen:
                 raise NotStructural(f"{path}: {name} contains itself; a structural schema cannot be recursive")
             seen += (name,)
-            node = {**defs[name], **node}  # the field's own description and default win over the type's
+            # the field's own description and default win over the type's; a deep copy, so a type used twice
+            # shares no list with itself (YAML would print &id001 anchors and aliases)
+            node = {**copy.deepcopy(defs[name]), **node}
         else:
             options = [option for option in node.pop("anyOf") if option != {"type": "null"}]
             if len(options) != 1:

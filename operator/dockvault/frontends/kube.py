@@ -14,6 +14,8 @@ instances of different hosts never mistake each other's bookkeeping for their ow
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -44,6 +46,7 @@ from ..controller.status import (
     policy_status,
     with_transitions,
 )
+from ..credentials import SecretError, SecretReader, secret_reader
 from ..engine.core import DEFAULT_HELPER_IMAGE, Engine
 from ..storage.local import LocalRepository
 
@@ -293,11 +296,29 @@ def restore_patch(status: RestoreRequestStatus, *, spec_hash: str, generation: i
 # --- the Kubernetes API beyond kopf's own patch ----------------------------------------------------
 
 class KubeApi:
-    """The few writes kopf's patch cannot do: Backup resources, and a RestoreRequest's Running phase."""
+    """The few writes kopf's patch cannot do: Backup resources, a RestoreRequest's Running phase; and reading
+    the Secrets that `passwordFrom.secretKeyRef` names."""
 
     def __init__(self) -> None:
+        self._client = None
         self._objects = None
+        self._core = None
         self._lock = threading.Lock()
+
+    def _api_client(self):
+        """One ApiClient per instance (call with self._lock held)."""
+        if self._client is None:
+            import kubernetes
+
+            config = kubernetes.client.Configuration()
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=config)
+            except kubernetes.config.ConfigException:
+                # kubernetes reads $KUBECONFIG at import time; read it now, as kopf's login does
+                kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                                   client_configuration=config)
+            self._client = kubernetes.client.ApiClient(config)
+        return self._client
 
     @property
     def objects(self):
@@ -305,15 +326,47 @@ class KubeApi:
             if self._objects is None:
                 import kubernetes
 
-                config = kubernetes.client.Configuration()
-                try:
-                    kubernetes.config.load_incluster_config(client_configuration=config)
-                except kubernetes.config.ConfigException:
-                    # kubernetes reads $KUBECONFIG at import time; read it now, as kopf's login does
-                    kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
-                                                       client_configuration=config)
-                self._objects = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))
+                self._objects = kubernetes.client.CustomObjectsApi(self._api_client())
             return self._objects
+
+    @property
+    def core(self):
+        with self._lock:
+            if self._core is None:
+                import kubernetes
+
+                self._core = kubernetes.client.CoreV1Api(self._api_client())
+            return self._core
+
+    def read_secret(self, namespace: str, name: str, key: str) -> str:
+        """One key of a Secret, decoded; failures name the Secret and key, never a value."""
+        what = f"passwordFrom.secretKeyRef: Secret {namespace}/{name}"
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except Exception as exc:  # noqa: BLE001 - ApiException and transport errors alike
+            status = self._status_of(exc)
+            if status == 404:
+                raise SecretError(f"{what} does not exist") from None
+            if status == 403:
+                raise SecretError(f"{what}: forbidden; the operator's service account needs `get` on it "
+                                  "(Helm chart: secrets.enabled, secrets.resourceNames)") from None
+            raise SecretError(f"{what}: cannot read it: "
+                              f"{f'HTTP {status}' if status else type(exc).__name__}") from None
+        data = getattr(secret, "data", None) or {}
+        if key not in data or data[key] is None:
+            raise SecretError(f"{what} has no key {key!r}")
+        try:
+            return base64.b64decode(data[key], validate=True).decode("utf-8").rstrip("\r\n")
+        except (binascii.Error, UnicodeDecodeError):
+            raise SecretError(f"{what}: key {key!r} is not base64-encoded UTF-8 text") from None
+
+    def secret_reader(self, namespace: str | None) -> SecretReader:
+        """A reader for credentials.secret_reader, bound to the namespace of the resource being served."""
+        def read(name: str, key: str) -> str:
+            if not namespace:
+                raise SecretError(f"passwordFrom.secretKeyRef: Secret {name}: the resource has no namespace")
+            return self.read_secret(namespace, name, key)
+        return read
 
     @staticmethod
     def _status_of(exc: Exception) -> int | None:
@@ -409,7 +462,8 @@ def reconcile_policy(rt: Runtime, body: Mapping[str, Any], *, run_jobs: bool) ->
             backups = repository.backups(policy.name)
         last_drill = _parse_time(verification.started_at) if verification else None
         if drill_due(policy.spec, last_drill=last_drill, has_backup=any(b.succeeded for b in backups), now=now_utc()).due:
-            outcome = run_drill(policy, engine=rt.engine, repository=repository, cancel=rt.cancel)
+            with secret_reader(rt.api.secret_reader(namespace)):  # this thread runs the job: see credentials.py
+                outcome = run_drill(policy, engine=rt.engine, repository=repository, cancel=rt.cancel)
             verification = outcome.verification
             if outcome.succeeded:
                 measured = Measurement(outcome.seconds, outcome.started_at, verification.backup, "drill")
@@ -424,7 +478,8 @@ def _backup(rt: Runtime, policy: BackupPolicy, body: Mapping[str, Any], reposito
             reason: str) -> Attempt:
     namespace = (body.get("metadata") or {}).get("namespace")
     log.info("backup of %s/%s is due: %s", namespace, policy.name, reason)
-    outcome = run_backup(policy, engine=rt.engine, repository=repository, trigger="schedule", cancel=rt.cancel)
+    with secret_reader(rt.api.secret_reader(namespace)):  # this thread runs the job: see credentials.py
+        outcome = run_backup(policy, engine=rt.engine, repository=repository, trigger="schedule", cancel=rt.cancel)
     record = outcome.record
     try:
         rt.api.create_backup(backup_resource(record, body))
@@ -487,7 +542,7 @@ def handle_restore(rt: Runtime, body: Mapping[str, Any], policies: Mapping[Any, 
     else:
         running = RestoreRequestStatus(phase="Running", started_at=now_utc())
         rt.api.patch_status(RESTORES, namespace, name, restore_patch(running, spec_hash=digest, generation=generation))
-        with rt.lock(namespace, policy.name):
+        with rt.lock(namespace, policy.name), secret_reader(rt.api.secret_reader(namespace)):
             status = run_restore(request, policy, engine=rt.engine, repository=repository, cancel=rt.cancel).status
         repository.save_restore(request.name, digest, status)
     patch.setdefault("status", {}).update(restore_patch(status, spec_hash=digest, generation=generation))
