@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Optional
@@ -205,6 +207,22 @@ def kube(
             server.stop()
 
 
+@contextlib.contextmanager
+def _foreground(controller: Controller) -> Iterator[None]:
+    """One job run by hand: SIGTERM and Ctrl-C cancel it cleanly, engine errors become messages."""
+    prev = signal.signal(signal.SIGTERM, lambda *_: controller.cancel.set())
+    try:
+        yield
+    except EngineError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        controller.cancel.set()
+        raise _fail("interrupted", 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+        controller.shutdown()
+
+
 def _human(n: int | None) -> str:
     if n is None:
         return "-"
@@ -249,8 +267,7 @@ def backup(
     _setup_logging()
     policy = _policy(config_dir, policy_name)
     controller = _controller(config_dir, state_dir, helper_image)
-    prev = signal.signal(signal.SIGTERM, lambda *_: controller.cancel.set())
-    try:
+    with _foreground(controller):
         if err.is_terminal:
             columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), DownloadColumn(), TransferSpeedColumn(),
                        TimeElapsedColumn())
@@ -259,14 +276,6 @@ def backup(
                 outcome = controller.backup(policy, trigger="manual", progress=lambda n: bar.advance(task, n))
         else:
             outcome = controller.backup(policy, trigger="manual")
-    except EngineError as exc:
-        raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
-        controller.cancel.set()
-        raise _fail("interrupted", 130) from None
-    finally:
-        signal.signal(signal.SIGTERM, prev)
-        controller.shutdown()
     st = outcome.record.status
     if not outcome.succeeded:
         raise _fail(f"backup {policy.name}/{outcome.record.id} failed: {st.message}")
@@ -289,17 +298,8 @@ def verify(
     _setup_logging()
     policy = _policy(config_dir, policy_name)
     controller = _controller(config_dir, state_dir, helper_image)
-    prev = signal.signal(signal.SIGTERM, lambda *_: controller.cancel.set())
-    try:
+    with _foreground(controller):
         outcome = controller.drill(policy)
-    except EngineError as exc:
-        raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
-        controller.cancel.set()
-        raise _fail("interrupted", 130) from None
-    finally:
-        signal.signal(signal.SIGTERM, prev)
-        controller.shutdown()
     v = outcome.verification
     if not outcome.succeeded:
         raise _fail(f"drill of {policy.name} (backup {v.backup}) failed after {v.duration_seconds:.1f}s: {v.message}")
