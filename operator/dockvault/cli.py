@@ -191,17 +191,17 @@ def kube(
         from .frontends.kube import run_operator
     except ImportError as exc:
         raise _fail(f"Kubernetes mode needs the 'kube' extra (pip install 'dockvault[kube]'): {exc}") from None
-    server = None
+    server = registry = None
     if metrics_addr not in ("", "off"):
-        registry = CollectorRegistry()
-        DockvaultMetrics(registry, lambda: [])
+        registry = CollectorRegistry()  # the operator registers its exporter on it
         server = MetricsServer(registry, metrics_addr)
         try:
             server.start()
         except (OSError, ValueError) as exc:
             raise _fail(f"--metrics-addr: {exc}") from None
     try:
-        run_operator(host=host, namespaces=namespace or None, helper_image=helper_image, peering=peering)
+        run_operator(host=host, namespaces=namespace or None, helper_image=helper_image, peering=peering,
+                     registry=registry)
     finally:
         if server is not None:
             server.stop()

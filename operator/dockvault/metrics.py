@@ -25,6 +25,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .api.backup import Backup
+from .api.policy import BackupPolicy
+from .controller.status import Attempt, Measurement
 
 log = logging.getLogger(__name__)
 
@@ -227,3 +230,27 @@ class FactsCollector(Collector):
             family("repository_backups", "Complete backups kept in the repository."),
             GaugeMetricFamily(PREFIX + "policies", "Backup policies known to this operator."),
         ]
+
+
+def facts_for(policy: BackupPolicy, backups: Sequence[Backup], *, last: Attempt | None, measured: Measurement | None,
+              verified_at: float | None) -> PolicyFacts:
+    """A policy's facts from its spec, its repository and what the front end remembers of its runs."""
+    good = [b for b in backups if b.succeeded]
+    newest = max(good, key=lambda b: b.status.completed_at, default=None)
+    sizes: dict[str, int] = {}
+    for artifact in newest.status.artifacts if newest else []:
+        sizes[artifact.target] = sizes.get(artifact.target, 0) + artifact.bytes
+    objectives = policy.spec.objectives
+    return PolicyFacts(
+        policy=policy.name,
+        host=policy.spec.host,
+        targets=tuple(t.name for t in policy.spec.targets),
+        rpo_target_seconds=objectives.rpo.total_seconds() if objectives.rpo else None,
+        rto_target_seconds=objectives.rto.total_seconds() if objectives.rto else None,
+        last_success_timestamp=newest.status.completed_at.timestamp() if newest else None,
+        last_status=None if last is None or last.phase == "Running" else int(last.phase == "Succeeded"),
+        repository_backups=len(good),
+        target_sizes=sizes,
+        rto_seconds=measured.seconds if measured else None,
+        verify_last_success_timestamp=verified_at,
+    )

@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from prometheus_client import CollectorRegistry
 
 kmock = pytest.importorskip("kmock")
 pytest.importorskip("kopf")
@@ -160,9 +161,10 @@ def test_policy_backup_restore_edit_delete(docker_client, test_image, volumes, r
             write_kubeconfig(tmp_path / "kubeconfig", str(server.url))
             monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
             stop, ready = asyncio.Event(), asyncio.Event()
+            registry = CollectorRegistry()
             operator = asyncio.create_task(kube.operator(
                 host="local", namespaces=None, helper_image=test_image, peering=False,
-                stop_flag=stop, ready_flag=ready, interval=1.0))
+                stop_flag=stop, ready_flag=ready, interval=1.0, registry=registry))
             try:
                 await asyncio.wait_for(ready.wait(), 30)
 
@@ -182,6 +184,12 @@ def test_policy_backup_restore_edit_delete(docker_client, test_image, volumes, r
                 assert record["spec"]["policy"] == "media" and record["status"]["phase"] == "Succeeded"
                 assert record["metadata"]["ownerReferences"][0]["uid"] == policy["metadata"]["uid"]
                 assert (repo_dir / "media" / backup_id / "manifest.json").is_file()
+                # ... and the exporter knows it: the chart's RPO alerts work in Kubernetes mode too.
+                labels = {"policy": "media", "host": "local"}
+                await eventually("the policy's metrics", lambda: registry.get_sample_value(
+                    "dockvault_repository_backups", labels) == 1)
+                assert registry.get_sample_value("dockvault_backup_attempts_total", labels) >= 1
+                assert 0 <= registry.get_sample_value("dockvault_rpo_seconds", labels) < 600
                 await eventually("a BackupSucceeded event", lambda: any(
                     e.get("reason") == "BackupSucceeded" and e["involvedObject"]["name"] == "media" for e in events(km)))
 

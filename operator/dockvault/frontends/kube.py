@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from prometheus_client import CollectorRegistry
 
 from ..actions.backup import run_backup
 from ..actions.restore import run_restore
@@ -38,6 +39,7 @@ from ..api.common import API_VERSION, GROUP, VERSION, Condition
 from ..api.loader import parse_document
 from ..api.policy import BackupPolicy, BackupPolicyStatus, Verification
 from ..api.restore import RestoreRequest, RestoreRequestStatus
+from ..metrics import DockvaultMetrics, PolicyFacts, facts_for
 from ..controller.schedule import backup_due, drill_due
 from ..controller.status import (
     Attempt,
@@ -413,9 +415,23 @@ class Runtime:
     engine_factory: Callable[[], Engine] | None = None
     api: KubeApi = field(default_factory=KubeApi)
     cancel: threading.Event = field(default_factory=threading.Event)
+    metrics: DockvaultMetrics | None = None
     _engine: Engine | None = None
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    _facts: dict[tuple[str, str], PolicyFacts] = field(default_factory=dict)
+
+    def facts(self) -> list[PolicyFacts]:
+        """What the exporter reports; refreshed at every reconcile, read by scrapes in other threads."""
+        with self._guard:
+            return [self._facts[key] for key in sorted(self._facts)]
+
+    def remember(self, namespace: str | None, facts: PolicyFacts | None, name: str) -> None:
+        with self._guard:
+            if facts is None:
+                self._facts.pop((namespace or "", name), None)
+            else:
+                self._facts[(namespace or "", name)] = facts
 
     @property
     def engine(self) -> Engine:
@@ -465,12 +481,18 @@ def reconcile_policy(rt: Runtime, body: Mapping[str, Any], *, run_jobs: bool) ->
             with secret_reader(rt.api.secret_reader(namespace)):  # this thread runs the job: see credentials.py
                 outcome = run_drill(policy, engine=rt.engine, repository=repository, cancel=rt.cancel)
             verification = outcome.verification
+            if rt.metrics is not None:
+                rt.metrics.restore_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
+                                            duration_seconds=outcome.seconds)
             if outcome.succeeded:
                 measured = Measurement(outcome.seconds, outcome.started_at, verification.backup, "drill")
                 _normal(body, "DrillSucceeded", f"restore drill of backup {verification.backup} took "
                                                 f"{outcome.seconds:.1f}s")
             else:
                 kopf.warn(body, reason="DrillFailed", message=verification.message or "restore drill failed")
+    verified_at = (_parse_time(verification.started_at).timestamp() + (verification.duration_seconds or 0)
+                   if verification and verification.result == "Succeeded" and verification.started_at else None)
+    rt.remember(namespace, facts_for(policy, backups, last=last, measured=measured, verified_at=verified_at), policy.name)
     return policy_patch(body, backups, last, now_utc(), measured=measured, verification=verification)
 
 
@@ -481,6 +503,11 @@ def _backup(rt: Runtime, policy: BackupPolicy, body: Mapping[str, Any], reposito
     with secret_reader(rt.api.secret_reader(namespace)):  # this thread runs the job: see credentials.py
         outcome = run_backup(policy, engine=rt.engine, repository=repository, trigger="schedule", cancel=rt.cancel)
     record = outcome.record
+    if rt.metrics is not None:
+        rt.metrics.backup_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
+                                   duration_seconds=record.status.duration_seconds or 0.0)
+        if outcome.deleted:
+            rt.metrics.retention_deleted(policy.name, policy.spec.host, len(outcome.deleted))
     try:
         rt.api.create_backup(backup_resource(record, body))
         for backup_id in outcome.deleted:
@@ -590,7 +617,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         patch.setdefault("status", {}).update(status)
 
     @kopf.on.delete(**policy_kind, optional=True, **ours)
-    def policy_deleted(name, logger, **_):
+    def policy_deleted(name, namespace, logger, **_):
+        rt.remember(namespace, None, name)
         logger.info("policy %s deleted; its backups stay in the repository", name)
 
     @kopf.on.create(**restore_kind, registry=registry)
@@ -636,9 +664,12 @@ async def operator(
     interval: float = DEFAULT_INTERVAL,
     engine_factory: Callable[[], Engine] | None = None,
     priority: int | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> None:
     """Run one instance in the current event loop until `stop_flag` is set (what tests and run_operator call)."""
     rt = Runtime(host=host, helper_image=helper_image, interval=interval, engine_factory=engine_factory)
+    if registry is not None:
+        rt.metrics = DockvaultMetrics(registry, rt.facts)
     settings = kopf.OperatorSettings()
     clusterwide = not namespaces
     configure(settings, host=host, peering=peering, clusterwide=clusterwide)
@@ -660,7 +691,8 @@ def run_operator(
     helper_image: str,
     peering: bool = True,
     stop_flag: Any = None,
+    registry: CollectorRegistry | None = None,
 ) -> None:
     """Serve BackupPolicies, RestoreRequests and Backups of Docker host `host` until stopped (`dockvault kube`)."""
     asyncio.run(operator(host=host, namespaces=namespaces, helper_image=helper_image, peering=peering,
-                         stop_flag=stop_flag))
+                         stop_flag=stop_flag, registry=registry))

@@ -24,7 +24,7 @@ from ..controller.schedule import backup_due, drill_due
 from ..controller.status import Attempt
 from ..engine.core import Engine
 from ..engine.quiesce import resume_journaled
-from ..metrics import DockvaultMetrics, PolicyFacts
+from ..metrics import DockvaultMetrics, PolicyFacts, facts_for
 from ..notify import Event, Notifier
 from ..sources.base import Progress
 from ..storage.local import LocalRepository
@@ -73,33 +73,9 @@ def load_config(config_dir: Path, *, host: str | None = None) -> Config:
 
 
 def policy_facts(policy: BackupPolicy, backups: list[Backup], state: StateStore) -> PolicyFacts:
-    good = [b for b in backups if b.succeeded]
-    newest = max(good, key=lambda b: b.status.completed_at, default=None)
-    last = state.last_attempt(policy.name)
-    measured = state.last_measurement(policy.name)
-    objectives = policy.spec.objectives
-    return PolicyFacts(
-        policy=policy.name,
-        host=policy.spec.host,
-        targets=tuple(t.name for t in policy.spec.targets),
-        rpo_target_seconds=objectives.rpo.total_seconds() if objectives.rpo else None,
-        rto_target_seconds=objectives.rto.total_seconds() if objectives.rto else None,
-        last_success_timestamp=newest.status.completed_at.timestamp() if newest else None,
-        last_status=None if last is None or last.phase == "Running" else int(last.phase == "Succeeded"),
-        repository_backups=len(good),
-        target_sizes=_sizes(newest) if newest else {},
-        rto_seconds=measured.seconds if measured else None,
-        verify_last_success_timestamp=max(
-            (at.timestamp() + (v.duration_seconds or 0) for at, v in state.drills(policy.name) if v.result == "Succeeded"),
-            default=None),
-    )
-
-
-def _sizes(backup: Backup) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    for artifact in backup.status.artifacts:
-        sizes[artifact.target] = sizes.get(artifact.target, 0) + artifact.bytes
-    return sizes
+    verified = [at.timestamp() + (v.duration_seconds or 0) for at, v in state.drills(policy.name) if v.result == "Succeeded"]
+    return facts_for(policy, backups, last=state.last_attempt(policy.name), measured=state.last_measurement(policy.name),
+                     verified_at=max(verified, default=None))
 
 
 def repository_for(policy: BackupPolicy) -> LocalRepository:
