@@ -16,7 +16,8 @@ page cache, thermal) hits all of them alike; `sync` runs before every timed comm
   (b') raw:   zstd -d < file | tar -x -C DIR                             (on the host)
   (c') dockvault run --once --config-dir DIR   with a RestoreRequest into a fresh volume
 
-Peak RSS of the dockvault processes comes from os.wait4() on each child (ru_maxrss, KiB).
+Peak RSS of the dockvault processes comes from os.wait4() on each child (ru_maxrss, KiB); the children are
+started by a small spawner process, because Linux carries the parent's peak RSS into a child's ru_maxrss.
 Every restore is checked against the source tree (paths and sizes of all files, sha256 of samples).
 Targets are printed with PASS/MISS; nothing is asserted except correctness.
 """
@@ -44,7 +45,7 @@ import textwrap
 import time
 import uuid
 from array import array
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 VOLUME_PREFIX = "dockvault-bench"
@@ -332,34 +333,113 @@ def verify(label: str, source_root: Path, source: Tree, samples: dict[str, str],
 
 
 # ------------------------------------------------------------------------------------ timed runs --
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
+def busy_fraction(interval: float) -> float:
+    b1, t1 = cpu_jiffies()
+    time.sleep(interval)
+    b2, t2 = cpu_jiffies()
+    return (b2 - b1) / (t2 - t1) if t2 > t1 else 0.0
+
+
+QUIET = {"threshold": 0.25, "max_wait": 15.0}  # share of all cores; seconds
+
+
+def wait_quiet() -> float:
+    """Other sessions may share the machine: wait (a bounded time) for a second with little CPU use."""
+    deadline = time.monotonic() + QUIET["max_wait"]
+    while True:
+        busy = busy_fraction(0.5)
+        if busy <= QUIET["threshold"] or time.monotonic() >= deadline:
+            return busy
+
+
+SPAWNER_CODE = r"""
+import json, os, subprocess, sys, time
+for line in sys.stdin:
+    req = json.loads(line)
+    with open(req["stdout"], "wb") as out, open(req["stderr"], "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(req["cmd"], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=req["env"])
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    print(json.dumps({"code": proc.returncode, "seconds": seconds, "maxrss_kib": usage.ru_maxrss,
+                      "cpu": usage.ru_utime + usage.ru_stime}), flush=True)
+"""
+
+
+class Spawner:
+    """Starts the timed commands from a small process launched before this one grows.
+
+    Linux keeps the peak RSS across fork and exec (exec folds the old address space's peak into the
+    process's maxrss, and with vfork that is the parent's), so a child of this benchmark, which holds
+    the file list and built the volume, would report at least the benchmark's own peak in ru_maxrss.
+    The spawner is a bare Python (about 13 MiB): that is the floor of what wait4 can report.
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", SPAWNER_CODE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def run(self, cmd: list[str], env: dict[str, str] | None, stdout: Path, stderr: Path) -> dict:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps({"cmd": cmd, "env": env, "stdout": str(stdout), "stderr": str(stderr)}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"the spawner process died (exit code {self.proc.poll()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+SPAWNER: Spawner | None = None
+
+
 @dataclass
 class Run:
     seconds: float
     maxrss_kib: int
     cpu_seconds: float
     flush_seconds: float          # the `sync` right after the run: writeback the command left behind
+    background: float = 0.0       # share of all cores busy in the half second before the run
+    machine_busy: float = 0.0     # share of all cores busy during the run (ours and everyone else's)
     output_bytes: int | None = None
     stdout: str = ""
 
 
 def run_timed(cmd: list[str], *, env: dict[str, str] | None = None, label: str, scratch: Path) -> Run:
-    """sync, then run `cmd` to completion; wall time, and the child's own rusage from wait4."""
+    """sync, then run `cmd` to completion (through the spawner); wall time, and the child's rusage from wait4."""
     subprocess.run(["sync"], check=True)
+    background = wait_quiet()
+    jiffies = cpu_jiffies()
     out_path, err_path = scratch / "stdout.txt", scratch / "stderr.txt"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert SPAWNER is not None
+    result = SPAWNER.run(cmd, env, out_path, err_path)
+    seconds, code = result["seconds"], result["code"]
+    b2, t2 = cpu_jiffies()
+    machine_busy = (b2 - jiffies[0]) / (t2 - jiffies[1]) if t2 > jiffies[1] else 0.0
     t1 = time.perf_counter()
     subprocess.run(["sync"], check=True)
     flush = time.perf_counter() - t1
     stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
-    if proc.returncode != 0:
-        raise BenchError(f"{label} failed with exit code {proc.returncode}\n$ {shlex.join(cmd)}\n"
+    if code != 0:
+        raise BenchError(f"{label} failed with exit code {code}\n$ {shlex.join(cmd)}\n"
                          f"{stdout[-3000:]}\n{stderr[-3000:]}")
-    return Run(seconds, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, flush, stdout=stdout)
+    return Run(seconds, result["maxrss_kib"], result["cpu"], flush, background, machine_busy, stdout=stdout)
 
 
 @dataclass
@@ -433,6 +513,7 @@ class Bench:
               compression: {{algorithm: zstd, level: 3}}
               retention: {{keepLast: 1}}
             """))
+        self.load_start = os.getloadavg()
         self.env = dict(os.environ, DOCKVAULT_HELPER_IMAGE=self.image, DOCKVAULT_STATE_DIR=str(self.state))
         self.env.pop("DOCKVAULT_CONFIG_DIR", None)
         self.dockvault = [sys.executable, "-m", "dockvault"]
@@ -525,7 +606,8 @@ class Bench:
                 extra = f", {run.output_bytes} bytes" if run.output_bytes is not None else ""
                 rss = f", peak RSS {run.maxrss_kib / 1024:.1f} MiB" if key.startswith("c") else ""
                 log(f"repeat {i + 1}/{self.args.repeat} {key:2}: {run.seconds:7.2f}s{extra}{rss} "
-                    f"(cpu {run.cpu_seconds:.1f}s, sync after {run.flush_seconds:.2f}s)")
+                    f"(cpu {run.cpu_seconds:.1f}s, sync after {run.flush_seconds:.2f}s, "
+                    f"machine busy before {run.background:.0%} / during {run.machine_busy:.0%})")
             self.clean_repeat()
 
     def cleanup(self) -> None:
@@ -543,6 +625,11 @@ class Bench:
                 log(f"warning: {exc}")
 
     # ---- report
+    def rss_floor(self) -> float:
+        """What wait4 reports for a trivial command: the lowest peak RSS this set-up can measure."""
+        assert SPAWNER is not None
+        return SPAWNER.run(["true"], None, self.scratch / "stdout.txt", self.scratch / "stderr.txt")["maxrss_kib"] / 1024
+
     def cli_startup(self) -> float:
         times = []
         for _ in range(3):
@@ -561,6 +648,9 @@ class Bench:
             "size_vs_raw": m["c"].median("output_bytes") / m["b"].median("output_bytes"),
             "restore_vs_seed": m["a'"].seconds / m["c'"].seconds,
             "restore_vs_raw": m["b'"].seconds / m["c'"].seconds,
+            # (b') leaves its writeback to the `sync` after it; dockvault's helper container is removed before
+            # dockvault returns, and unmounting its overlayfs syncs the whole filesystem, restored data included.
+            "restore_vs_raw_with_sync": statistics.median(r.seconds + r.flush_seconds for r in m["b'"].runs) / m["c'"].seconds,
         }
         rss = {"backup_mib": max(r.maxrss_kib for r in m["c"].runs) / 1024,
                "restore_mib": max(r.maxrss_kib for r in m["c'"].runs) / 1024}
@@ -575,6 +665,7 @@ class Bench:
         return {
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": machine(),
+            "code": code_version(),
             "work_dir": self.where,
             "volume": {"name": self.volume, "size_arg": self.args.size, "raw_bytes": raw, "files": len(self.source.files),
                        "dirs": self.source.dirs, "seed": self.args.seed,
@@ -584,11 +675,36 @@ class Bench:
                             "seconds": [round(r.seconds, 3) for r in v.runs], "mb_per_s": tput[k],
                             "output_bytes": None if v.runs[0].output_bytes is None else int(v.median("output_bytes")),
                             "cpu_seconds_median": v.median("cpu_seconds"), "sync_after_seconds_median": v.median("flush_seconds"),
+                            "machine_busy_before": [round(r.background, 3) for r in v.runs],
+                            "machine_busy_during": [round(r.machine_busy, 3) for r in v.runs],
                             "peak_rss_mib": max(r.maxrss_kib for r in v.runs) / 1024}
                         for k, v in m.items()},
-            "ratios": ratios, "peak_rss": rss, "targets": TARGETS, "pass": checks,
+            "ratios": ratios, "peak_rss": rss, "targets": TARGETS, "pass": checks, "quiet": QUIET,
+            "load_average": {"start": self.load_start, "end": os.getloadavg()},
             "dockvault_cli_startup_seconds": self.cli_startup(),
         }
+
+
+def code_version() -> dict:
+    """Which dockvault was measured: a hash of its sources, and the git commit when there is one (read-only)."""
+    import dockvault
+
+    package = Path(dockvault.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    info = {"dockvault_sources_sha256": digest.hexdigest()[:16], "commit": None, "modified": None}
+    git = ["git", "--no-optional-locks", "-C", str(package)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            info["commit"] = head.stdout.strip()
+            changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "."],
+                                     capture_output=True, text=True, timeout=10)
+            info["modified"] = bool(changed.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return info
 
 
 def machine() -> dict:
@@ -602,7 +718,9 @@ def machine() -> dict:
         pass
     def version(cmd: list[str]) -> str:
         try:
-            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+            text = subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+            m = re.search(r"v?(\d+\.\d+(?:\.\d+)?)", text)
+            return f"{cmd[0]} {m.group(1)}" if m else text
         except (OSError, IndexError):
             return "?"
     return {"cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
@@ -628,10 +746,14 @@ def print_report(s: dict) -> None:
     print(f"volume {vol['name']}: {vol['raw_bytes']:,} bytes ({human(vol['raw_bytes'])}) in {vol['files']:,} files "
           f"({vol['small_text_files']} small text, {vol['log_files']} logs, {vol['random_files']} random), "
           f"{vol['dirs']} dirs, seed {vol['seed']}")
+    code = s["code"]
+    print(f"dockvault: commit {code['commit'] or '?'}{' + uncommitted changes' if code['modified'] else ''}, "
+          f"sources sha256 {code['dockvault_sources_sha256']}")
     print(f"work dir and host restore dir: {s['work_dir']}")
     print(f"repeats: {s['repeats']} (median shown; MB = 10^6 bytes of the volume's raw size)")
     print()
-    header = f"{'method':40} {'seconds':>8} {'MB/s':>8} {'output bytes':>14} {'cpu s':>7} {'sync s':>7}  runs (s)"
+    header = (f"{'method':40} {'seconds':>8} {'MB/s':>8} {'output bytes':>14} {'cpu s':>7} {'sync s':>7} {'busy':>5}"
+              "  runs (s)")
     for title, keys in (("BACKUP", ("a", "b", "c")), ("RESTORE", ("a'", "b'", "c'"))):
         print(title)
         print(header)
@@ -639,12 +761,23 @@ def print_report(s: dict) -> None:
             v = M[k]
             out = f"{v['output_bytes']:,}" if v["output_bytes"] is not None else "-"
             print(f"{'(' + k + ')':5}{v['title']:35} {v['seconds_median']:8.2f} {v['mb_per_s']:8.1f} {out:>14} "
-                  f"{v['cpu_seconds_median']:7.1f} {v['sync_after_seconds_median']:7.2f}  "
+                  f"{v['cpu_seconds_median']:7.1f} {v['sync_after_seconds_median']:7.2f} "
+                  f"{statistics.median(v['machine_busy_before']):5.0%}  "
                   + " ".join(f"{x:.2f}" for x in v["seconds"]))
         print()
     print("cpu s: user+sys of the child from wait4 (for docker run only the CLI, not the container);")
-    print("sync s: the `sync` right after the run (writeback left behind; dockvault fsyncs inside its run)")
-    print(f"dockvault CLI start-up (python -m dockvault --version): {s['dockvault_cli_startup_seconds']:.2f}s")
+    print("sync s: the `sync` right after the run (writeback it left behind; dockvault fsyncs its artifact, and the")
+    print("        removal of any container unmounts an overlayfs, which syncs the whole filesystem, inside the run)")
+    print(f"busy: share of all cores busy in the half second before the run (median; the benchmark waits up to "
+          f"{QUIET['max_wait']:.0f}s for <= {QUIET['threshold']:.0%})")
+    load = s["load_average"]
+    busy_runs = sum(b > QUIET["threshold"] for v in M.values() for b in v["machine_busy_before"])
+    print(f"load average at start {load['start'][0]:.2f}, at end {load['end'][0]:.2f}"
+          + (f"; WARNING: {busy_runs} run(s) started while other processes kept the machine busy: "
+             "numbers are noisy" if busy_runs else ""))
+    print(f"dockvault CLI start-up (python -m dockvault --version): {s['dockvault_cli_startup_seconds']:.2f}s; "
+          f"peak RSS is wait4's ru_maxrss of the child, started by a small spawner process "
+          f"(floor: `true` reports {s.get('rss_floor_mib', float('nan')):.1f} MiB)")
     print()
     print("RATIOS AND TARGETS")
     rows = [
@@ -653,6 +786,7 @@ def print_report(s: dict) -> None:
         ("output size (c)/(b)", f"{R['size_vs_raw']:.4f}", f"within {T['size_vs_raw']:.0%}", mark(P["size_vs_raw"])),
         ("restore throughput (c')/(a')", f"{R['restore_vs_seed']:.2f}x", "-", ""),
         ("restore throughput (c')/(b')", f"{R['restore_vs_raw']:.3f}x", f">= {T['restore_vs_raw']}x", mark(P["restore_vs_raw"])),
+        ("  (c')/(b' + its sync), info", f"{R['restore_vs_raw_with_sync']:.3f}x", "-", ""),
         ("dockvault peak RSS, backup", f"{s['peak_rss']['backup_mib']:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB", mark(P["rss_backup"])),
         ("dockvault peak RSS, restore", f"{s['peak_rss']['restore_mib']:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB", mark(P["rss_restore"])),
     ]
@@ -660,15 +794,21 @@ def print_report(s: dict) -> None:
         print(f"  {row[0]:32} {row[1]:>12}   {row[2]:14} {row[3]}")
     print()
     print("NOTE: dockvault peak RSS by volume size (this run, and the latest earlier run of each other size on this machine):")
-    for size, rec in sorted(rss_history(s).items()):
-        print(f"  {human(size):>9}: backup {rec['backup_mib']:6.1f} MiB, restore {rec['restore_mib']:6.1f} MiB  ({rec['date']})")
-    sizes = rss_history(s)
-    if len(sizes) > 1:
-        lo, hi = min(sizes), max(sizes)
-        growth = max(sizes[hi]["backup_mib"] - sizes[lo]["backup_mib"], sizes[hi]["restore_mib"] - sizes[lo]["restore_mib"])
-        print(f"  {human(lo)} -> {human(hi)} ({hi / lo:.0f}x the data): peak RSS grows by at most {growth:.1f} MiB")
+    history = rss_history(s)
+    mine = s["code"]["dockvault_sources_sha256"]
+    for size, rec in sorted(history.items()):
+        same = rec.get("code") == mine
+        print(f"  {human(size):>9}: backup {rec['backup_mib']:6.1f} MiB, restore {rec['restore_mib']:6.1f} MiB  ({rec['date']}"
+              + ("" if same else ", other dockvault sources") + ")")
+    if len(history) > 1:
+        lo, hi = min(history), max(history)
+        growth = max(history[hi][k] - history[lo][k] for k in ("backup_mib", "restore_mib"))
+        same = len({v.get("code") for v in history.values()}) == 1
+        print(f"  {human(lo)} -> {human(hi)} ({hi / lo:.0f}x the data): peak RSS grows by at most {growth:+.1f} MiB"
+              + (" (flat)" if growth <= 10 else " (NOT flat)")
+              + ("" if same else "; the dockvault sources changed between these runs, so compare with care"))
     else:
-        print("  run again with another --size (e.g. 256M and 1G) to see whether memory stays flat")
+        print("  run with another --size (e.g. 256M and 1G) to see whether memory stays flat")
 
 
 def rss_history(s: dict) -> dict[int, dict]:
@@ -678,10 +818,11 @@ def rss_history(s: dict) -> dict[int, dict]:
         for path in folder.glob("volume_backup-*.json"):
             try:
                 rec = json.loads(path.read_text())
-                found[rec["volume"]["size_arg"]] = {**rec["peak_rss"], "date": rec["date"]}
+                found[rec["volume"]["size_arg"]] = {**rec["peak_rss"], "date": rec["date"],
+                                                    "code": rec.get("code", {}).get("dockvault_sources_sha256")}
             except (OSError, ValueError, KeyError):
                 continue
-    found[s["volume"]["size_arg"]] = {**s["peak_rss"], "date": s["date"]}
+    found[s["volume"]["size_arg"]] = {**s["peak_rss"], "date": s["date"], "code": s["code"]["dockvault_sources_sha256"]}
     return found
 
 
@@ -702,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the volume content (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the test volume for the next run on the same engine")
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
+    parser.add_argument("--quiet-wait", type=float, default=QUIET["max_wait"], metavar="SECONDS",
+                        help="before each timed run, wait up to this long for the machine to be idle (default 15; 0: never)")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -715,17 +858,22 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("must run as root: the test volume is written straight into its Mountpoint")
 
+    QUIET["max_wait"] = max(0.0, args.quiet_wait)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    global SPAWNER
+    SPAWNER = Spawner()  # first, while this process is still small
     bench = Bench(args)
     try:
         bench.setup()
         bench.run()
         summary = bench.summary()
+        summary["rss_floor_mib"] = bench.rss_floor()
     except BenchError as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
         bench.cleanup()
+        SPAWNER.close()
     print_report(summary)
     save_result(summary)
     if args.json:

@@ -35,10 +35,11 @@ class _Identity:
 
 def _compressor(spec: CompressionSpec) -> _Compressor:
     if spec.algorithm == "zstd":
-        # Single-threaded on purpose: tar runs in the helper at the same time, so on two cores zstd's worker
-        # threads were measured no faster (5.8 s vs 4.8-9.1 s for 800 MB) while peak memory rose from
-        # 51 MiB to 155-250 MiB; their job buffers grow with the data's compressibility, not the volume size.
-        return zstandard.ZstdCompressor(level=spec.effective_level).compressobj()
+        # One worker per core like `zstd -T0`, but with 1 MiB jobs: zstd's default job size let its buffers
+        # reach 160-250 MiB on compressible data; with 1 MiB jobs the whole CLI peaks near 85 MiB and
+        # backs up faster than single-threaded zstd (measured 7.7 s vs 8.8 s per GiB on 2 cores).
+        params = zstandard.ZstdCompressionParameters.from_level(spec.effective_level, threads=-1, job_size=1 << 20)
+        return zstandard.ZstdCompressor(compression_params=params).compressobj()
     if spec.algorithm == "gzip":
         return zlib.compressobj(spec.effective_level, zlib.DEFLATED, 31)
     return _Identity()
