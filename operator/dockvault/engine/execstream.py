@@ -126,14 +126,11 @@ class ExecProcess:
 
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
-        try:
-            for chunk in chunks:
-                self._sock.sendall(chunk)
-        finally:
-            try:
-                self._sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+        for chunk in chunks:
+            self._sock.sendall(chunk)
+        # Only a complete input reaches end-of-file: when `chunks` raises, stdin stays open, so the caller
+        # can kill the process before closing the connection (a client must never commit a cut-short input).
+        self.close_stdin()
         reader.join()
         return bytes(collected)
 
