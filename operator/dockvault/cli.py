@@ -57,6 +57,21 @@ StateDir = Annotated[Path, typer.Option("--state-dir", envvar="DOCKVAULT_STATE_D
 HelperImage = Annotated[str, typer.Option("--helper-image", envvar="DOCKVAULT_HELPER_IMAGE",
                                           help="image with GNU tar and sh for helper containers")]
 Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+MetricsAddr = Annotated[str, typer.Option("--metrics-addr", envvar="DOCKVAULT_METRICS_ADDR",
+                                          help="serve /metrics, /healthz, /readyz here; 'off' to disable")]
+
+
+def _serve_metrics(address: str, registry: CollectorRegistry, ready=lambda: True) -> MetricsServer | None:
+    """Start the metrics server unless disabled; a bad or busy address is a clear error."""
+    if address in ("", "off"):
+        return None
+    server = MetricsServer(registry, address, ready=ready)
+    try:
+        server.start()
+    except (OSError, ValueError) as exc:
+        raise _fail(f"--metrics-addr: {exc}") from None
+    logging.getLogger(__name__).info("serving metrics on http://%s/metrics", address)
+    return server
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -138,24 +153,17 @@ def run(
     max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, help="jobs running at the same time")] = 2,
     helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
     host: Annotated[str, typer.Option("--host", help="run only policies whose spec.host is this")] = "local",
-    metrics_addr: Annotated[str, typer.Option("--metrics-addr", envvar="DOCKVAULT_METRICS_ADDR",
-                                              help="serve /metrics, /healthz, /readyz here; 'off' to disable")]
-    = "127.0.0.1:9477",
+    metrics_addr: MetricsAddr = "127.0.0.1:9477",
     verbose: bool = False,
 ) -> None:
     """Reconcile the config directory: scheduled backups, retention and restore requests."""
     _setup_logging(verbose)
     controller = _controller(config_dir, state_dir, helper_image, max_parallel, host)
     server = None
-    if not once and metrics_addr not in ("", "off"):
+    if not once:
         registry = CollectorRegistry()
         controller.metrics = DockvaultMetrics(registry, controller.facts)
-        server = MetricsServer(registry, metrics_addr, ready=controller.ready.is_set)
-        try:
-            server.start()
-        except (OSError, ValueError) as exc:
-            raise _fail(f"--metrics-addr: {exc}") from None
-        logging.getLogger(__name__).info("serving metrics on http://%s/metrics", metrics_addr)
+        server = _serve_metrics(metrics_addr, registry, controller.ready.is_set)
     stop = threading.Event()
     _install_signal_handlers(stop)
     watcher = threading.Thread(target=lambda: (stop.wait(), controller.cancel.set()), daemon=True)
@@ -180,9 +188,7 @@ def kube(
     = None,
     peering: Annotated[bool, typer.Option("--peering/--no-peering", help="one active instance per host")] = True,
     helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
-    metrics_addr: Annotated[str, typer.Option("--metrics-addr", envvar="DOCKVAULT_METRICS_ADDR",
-                                              help="serve /metrics, /healthz, /readyz here; 'off' to disable")]
-    = "127.0.0.1:9477",
+    metrics_addr: MetricsAddr = "127.0.0.1:9477",
     verbose: bool = False,
 ) -> None:
     """Kubernetes mode: reconcile BackupPolicy, RestoreRequest and Backup resources with kopf."""
@@ -191,14 +197,8 @@ def kube(
         from .frontends.kube import run_operator
     except ImportError as exc:
         raise _fail(f"Kubernetes mode needs the 'kube' extra (pip install 'dockvault[kube]'): {exc}") from None
-    server = registry = None
-    if metrics_addr not in ("", "off"):
-        registry = CollectorRegistry()  # the operator registers its exporter on it
-        server = MetricsServer(registry, metrics_addr)
-        try:
-            server.start()
-        except (OSError, ValueError) as exc:
-            raise _fail(f"--metrics-addr: {exc}") from None
+    registry = CollectorRegistry()  # the operator registers its exporter on it
+    server = _serve_metrics(metrics_addr, registry)
     try:
         run_operator(host=host, namespaces=namespace or None, helper_image=helper_image, peering=peering,
                      registry=registry)
