@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from ..api.policy import BackupPolicy, Verification
 from ..controller.selection import NoSuchBackup, select_backup
+from ..controller.status import iso
 from ..credentials import mask
 from ..engine.core import Engine, EngineError, new_job_id
 from ..sources import RestoreContext, SourceError, source_for
@@ -61,6 +62,6 @@ def run_drill(policy: BackupPolicy, *, engine: Engine, repository: Repository,
     seconds = round(time.monotonic() - clock, 3)
     (log.info if result == "Succeeded" else log.error)("drill %s of backup %s %s in %.1fs: %s", policy.name, backup_id,
                                                        result.lower(), seconds, message)
-    verification = Verification(backup=backup_id, result=result, started_at=started.isoformat().replace("+00:00", "Z"),
+    verification = Verification(backup=backup_id, result=result, started_at=iso(started),
                                 duration_seconds=seconds, message=message)
     return DrillOutcome(verification, started, seconds)

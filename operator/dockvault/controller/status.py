@@ -25,17 +25,18 @@ class Attempt:
     trigger: str = "schedule"
 
     def ref(self) -> BackupRef:
-        return BackupRef(id=self.backup_id, phase=self.phase, started_at=_iso(self.started_at),
-                         completed_at=_iso(self.completed_at), bytes=self.bytes, message=self.message)
+        return BackupRef(id=self.backup_id, phase=self.phase, started_at=iso(self.started_at),
+                         completed_at=iso(self.completed_at), bytes=self.bytes, message=self.message)
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """A UTC time as status fields show it: ISO 8601 with Z."""
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def _ref(backup: Backup) -> BackupRef:
     st = backup.status
-    return BackupRef(id=backup.id, phase=st.phase, started_at=_iso(st.started_at), completed_at=_iso(st.completed_at),
+    return BackupRef(id=backup.id, phase=st.phase, started_at=iso(st.started_at), completed_at=iso(st.completed_at),
                      bytes=st.bytes)
 
 
@@ -102,7 +103,7 @@ def with_transitions(conditions: Sequence[Condition], previous: Sequence[Conditi
     stamped = []
     for condition in conditions:
         old = before.get(condition.type)
-        since = old.last_transition_time if old is not None and old.status == condition.status else _iso(now.replace(microsecond=0))
+        since = old.last_transition_time if old is not None and old.status == condition.status else iso(now.replace(microsecond=0))
         stamped.append(condition.model_copy(update={"last_transition_time": since, "observed_generation": generation}))
     return stamped
 
@@ -128,11 +129,11 @@ def policy_status(
         observed_generation=policy.metadata.generation,
         conditions=with_transitions(conditions, previous, now=now, generation=policy.metadata.generation),
         rpo_age_seconds=round((now - newest.status.completed_at).total_seconds(), 3) if newest else None,
-        measured_rto=MeasuredRto(seconds=measured.seconds, at=_iso(measured.at), backup=measured.backup_id,
+        measured_rto=MeasuredRto(seconds=measured.seconds, at=iso(measured.at), backup=measured.backup_id,
                                  source=measured.source) if measured else None,
         last_verification=verification,
         last_backup=last_ref or (_ref(newest) if newest else None),
         last_successful_backup=_ref(newest) if newest else None,
-        next_backup_at=_iso(due.next_at),
+        next_backup_at=iso(due.next_at),
         backups=len(good),
     )

@@ -44,6 +44,7 @@ from ..controller.schedule import backup_due, drill_due
 from ..controller.status import (
     Attempt,
     Measurement,
+    iso,
     last_attempt_time,
     policy_status,
     with_transitions,
@@ -65,10 +66,6 @@ TERMINAL = ("Succeeded", "Failed")
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -289,7 +286,7 @@ def restore_patch(status: RestoreRequestStatus, *, spec_hash: str, generation: i
         "Failed": ("False", "RestoreFailed"),
     }[status.phase]
     stamped = Condition(type="Succeeded", status=condition[0], reason=condition[1], message=status.message or "",
-                        last_transition_time=_iso(now_utc().replace(microsecond=0)), observed_generation=generation)
+                        last_transition_time=iso(now_utc().replace(microsecond=0)), observed_generation=generation)
     out = status.model_copy(update={"observed_generation": generation, "conditions": [stamped]}).to_dict()
     out["specHash"] = spec_hash
     return out
