@@ -28,8 +28,10 @@ from .controller.status import policy_status
 from .credentials import install_log_masking
 from .engine.core import DEFAULT_HELPER_IMAGE, Engine, EngineError
 from .frontends.httpserver import MetricsServer
-from .frontends.standalone import Controller, load_config, repository_for
+from .actions.locks import PolicyBusy
+from .frontends.standalone import Controller, load_config
 from .frontends.state import StateLocked, StateStore
+from .storage import repository_for
 from .metrics import DockvaultMetrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative backups for Docker hosts.")
@@ -207,13 +209,19 @@ def kube(
             server.stop()
 
 
+Wait = Annotated[float, typer.Option("--wait", min=0, help="seconds to wait while another job of the policy runs "
+                                                            "(0: refuse at once)")]
+
+
 @contextlib.contextmanager
-def _foreground(controller: Controller) -> Iterator[None]:
-    """One job run by hand: SIGTERM and Ctrl-C cancel it cleanly, engine errors become messages."""
+def _foreground(controller: Controller, policy: str, what: str, wait: float) -> Iterator[None]:
+    """One job run by hand, under the policy's job lock shared with `dockvault run`: SIGTERM and Ctrl-C cancel it
+    cleanly, engine errors and a busy policy become messages."""
     prev = signal.signal(signal.SIGTERM, lambda *_: controller.cancel.set())
     try:
-        yield
-    except EngineError as exc:
+        with controller.runner.locks.acquire(policy, what, timeout=wait):
+            yield
+    except (EngineError, PolicyBusy) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         controller.cancel.set()
@@ -253,6 +261,7 @@ def backup(
     config_dir: ConfigDir,
     state_dir: StateDir = Path(_default_state_dir()),
     helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
+    wait: Wait = 0,
 ) -> None:
     """Run one backup of POLICY now (with retention afterwards when it succeeds)."""
     from rich.progress import (
@@ -267,18 +276,19 @@ def backup(
     _setup_logging()
     policy = _policy(config_dir, policy_name)
     controller = _controller(config_dir, state_dir, helper_image)
-    with _foreground(controller):
+    with _foreground(controller, policy.name, "manual backup", wait):
         if err.is_terminal:
             columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), DownloadColumn(), TransferSpeedColumn(),
                        TimeElapsedColumn())
             with Progress(*columns, console=err, transient=True) as bar:
                 task = bar.add_task(f"backup {policy.name}", total=None)
-                outcome = controller.backup(policy, trigger="manual", progress=lambda n: bar.advance(task, n))
+                result = controller.runner.backup_now(policy.name, policy, progress=lambda n: bar.advance(task, n))
         else:
-            outcome = controller.backup(policy, trigger="manual")
+            result = controller.runner.backup_now(policy.name, policy)
+    outcome = result.backup
+    if outcome is None or not result.succeeded:
+        raise _fail(f"backup {policy.name}/{result.backup_id} failed: {result.message}")
     st = outcome.record.status
-    if not outcome.succeeded:
-        raise _fail(f"backup {policy.name}/{outcome.record.id} failed: {st.message}")
     out.print(f"backup {policy.name}/{outcome.record.id} succeeded: {_human(st.bytes)} in {st.duration_seconds:.1f}s",
               highlight=False)
     for artifact in st.artifacts:
@@ -293,15 +303,18 @@ def verify(
     config_dir: ConfigDir,
     state_dir: StateDir = Path(_default_state_dir()),
     helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
+    wait: Wait = 0,
 ) -> None:
     """Run a restore drill now: restore the newest backup into throwaway resources, check it, measure the RTO."""
     _setup_logging()
     policy = _policy(config_dir, policy_name)
     controller = _controller(config_dir, state_dir, helper_image)
-    with _foreground(controller):
-        outcome = controller.drill(policy)
-    v = outcome.verification
-    if not outcome.succeeded:
+    with _foreground(controller, policy.name, "manual drill", wait):
+        result = controller.runner.drill_now(policy.name, policy)
+    if result.drill is None:
+        raise _fail(f"drill of {policy.name} failed: {result.message}")
+    v = result.drill.verification
+    if not result.succeeded:
         raise _fail(f"drill of {policy.name} (backup {v.backup}) failed after {v.duration_seconds:.1f}s: {v.message}")
     out.print(f"drill of {policy.name} succeeded: backup {v.backup} restored and checked in {v.duration_seconds:.1f}s "
               f"(measured RTO)", highlight=False)
@@ -329,10 +342,9 @@ def _seconds(value: float | timedelta | None) -> str:
 
 def _status(policy: BackupPolicy, state: StateStore, now: datetime) -> BackupPolicyStatus:
     """The policy's status now; conditions are remembered so their lastTransitionTime holds still."""
-    drill = state.last_drill(policy.name)
     status = policy_status(policy, repository_for(policy).backups(policy.name), state.last_attempt(policy.name),
-                           now=now, measured=state.last_measurement(policy.name), verification=drill[1] if drill else None,
-                           previous=state.conditions(policy.name))
+                           now=now, measured=state.last_measurement(policy.name),
+                           verification=state.last_drill(policy.name), previous=state.conditions(policy.name))
     state.save_conditions(policy.name, status.conditions)
     return status
 

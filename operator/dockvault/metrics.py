@@ -72,6 +72,8 @@ class DockvaultMetrics:
 
         self._backup_attempts = counter("backup_attempts_total", "Backup runs started and finished, successful or not.")
         self._backup_failures = counter("backup_failures_total", "Backup runs that failed (nothing was published).")
+        self._backup_retries = counter("backup_retries_total",
+                                       "Backup runs that retried a temporary failure (also counted in attempts).")
         self._backup_duration = histogram(
             "backup_duration_seconds", "Duration of successful backup runs in seconds, all targets together."
         )
@@ -91,9 +93,12 @@ class DockvaultMetrics:
         for metric in self._per_policy():
             metric.labels(policy, host)
 
-    def backup_finished(self, policy: str, host: str, *, succeeded: bool, duration_seconds: float) -> None:
+    def backup_finished(self, policy: str, host: str, *, succeeded: bool, duration_seconds: float,
+                        retry: bool = False) -> None:
         self.policy_seen(policy, host, ())
         self._backup_attempts.labels(policy, host).inc()
+        if retry:
+            self._backup_retries.labels(policy, host).inc()
         if succeeded:
             self._backup_duration.labels(policy, host).observe(max(0.0, duration_seconds))
         else:
@@ -115,6 +120,7 @@ class DockvaultMetrics:
         return (
             self._backup_attempts,
             self._backup_failures,
+            self._backup_retries,
             self._backup_duration,
             self._retention_deleted,
             self._restores,

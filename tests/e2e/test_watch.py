@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,13 @@ from tests.e2e.cli import write_policy, write_restore
 from tests.treecheck import populate_volume, snapshot_volume
 
 pytestmark = pytest.mark.docker
+
+
+def free_port() -> int:
+    """An ephemeral loopback port nobody holds now (never a fixed one: another process may hold it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_for(condition, what: str, timeout: float = 90.0):
@@ -34,7 +42,8 @@ def test_watched_directory_applies_changes_without_restart(docker_client, volume
     env = dict(os.environ, DOCKVAULT_HELPER_IMAGE=test_image)
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "dockvault", "run", "--config-dir", str(config),
-                                 "--state-dir", str(tmp_path / "state")], env=env, stdout=log, stderr=log,
+                                 "--state-dir", str(tmp_path / "state"), "--metrics-addr", f"127.0.0.1:{free_port()}"],
+                                env=env, stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL)
     logged = lambda text: text in log_path.read_text()  # noqa: E731
     try:

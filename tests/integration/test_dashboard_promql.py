@@ -318,6 +318,7 @@ class HandwrittenSource(MetricsSource):
         family("dockvault_facts_errors", "counter", [("dockvault_facts_errors_total", 0.0)])
         counter("dockvault_backup_attempts", lambda c: c.attempts)
         counter("dockvault_backup_failures", lambda c: c.failures)
+        counter("dockvault_backup_retries", lambda c: 0)
         counter("dockvault_retention_deleted", lambda c: c.retention_deleted)
         counter("dockvault_restores", lambda c: c.restores)
         counter("dockvault_restore_failures", lambda c: c.restore_failures)

@@ -69,6 +69,7 @@ EVERY_FAMILY = (
     "dockvault_facts_errors_total",
     "dockvault_backup_attempts_total",
     "dockvault_backup_failures_total",
+    "dockvault_backup_retries_total",
     "dockvault_retention_deleted_total",
     "dockvault_restores_total",
     "dockvault_restore_failures_total",

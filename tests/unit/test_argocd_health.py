@@ -363,7 +363,8 @@ def test_fresh_successful_backup_within_rpo_is_healthy(version: str) -> None:
 def test_accepted_schedule_with_old_backup_is_degraded(version: str) -> None:
     model = policy_model()
     status = policy_status(model, [backup(utc(2026, 11, 18, 9))], None, now=NOW)
-    assert conditions(status)["Ready"].status == "True"  # the schedule is fine; the data is not protected
+    # Ready means "protected" in both modes: the last backup succeeded, but the newest is past the RPO
+    assert (conditions(status)["Ready"].status, conditions(status)["Ready"].reason) == ("False", "RPOBreached")
     assert run(POLICY, as_cluster_object(model, status), version) == (
         "Degraded", explained(conditions(status)["RPOMet"]))
     assert conditions(status)["RPOMet"].reason == "RPOBreached"
@@ -396,7 +397,7 @@ def test_failed_last_attempt_is_degraded_with_its_message() -> None:
 def test_suspended_policy_is_suspended_even_past_its_rpo() -> None:
     model = policy_model(suspend=True)
     status = policy_status(model, [backup(utc(2026, 11, 18, 9))], None, now=NOW)
-    assert conditions(status)["Ready"].reason == "Suspended"
+    assert conditions(status)["Ready"].reason == "RPOBreached"  # not protected; spec.suspend says why
     assert run(POLICY, as_cluster_object(model, status)) == (
         "Suspended", f"{SUSPENDED}; {explained(conditions(status)['RPOMet'])}")
 

@@ -295,32 +295,47 @@ def reader_probe(seen: list):
     return job
 
 
+class IdleEngine:
+    """The engine as start-up recovery sees it on a clean host: nothing left over."""
+
+    def remove_leftovers(self, **_kwargs):
+        return []
+
+
 def test_a_scheduled_backup_runs_with_a_reader_bound_to_the_policy_namespace(monkeypatch, tmp_path):
     import threading
 
+    from dockvault.actions import runner
     from dockvault.credentials import current_secret_reader
 
     seen: list = []
-    monkeypatch.setattr(kube, "run_backup", reader_probe(seen))
-    rt = kube.Runtime(host="local", api=RecordingApi(), engine_factory=object)
+    monkeypatch.setattr(runner, "run_backup", reader_probe(seen))
+    rt = kube.Runtime(host="local", api=RecordingApi(), engine_factory=IdleEngine)
     body = policy_body(storage={"local": {"path": str(tmp_path)}})
-    with pytest.raises(JobRan):
-        kube.reconcile_policy(rt, body, run_jobs=True)
-    assert seen == [(threading.get_ident(), "pw-of-pg-credentials-password")]
+    kube.reconcile_policy(rt, body, {}, run_jobs=True)
+    rt.runner.shutdown()  # waits for the job
+    assert [s[1] for s in seen] == ["pw-of-pg-credentials-password"]
+    assert seen[0][0] != threading.get_ident()  # on a job thread, not kopf's
     assert rt.api.reads == [("ns1", "pg-credentials", "password")]
     assert current_secret_reader() is None  # only for the duration of the job
+    failed = rt.state.last_attempt("ns1/myapp")  # the probe's exception: recorded, not lost
+    assert (failed.phase, failed.error) == ("Failed", "unexpected") and "JobRan" in failed.message
 
 
 def test_a_restore_runs_with_a_reader_bound_to_the_request_namespace(monkeypatch, tmp_path):
+    from dockvault.actions import runner
+
     seen: list = []
-    monkeypatch.setattr(kube, "run_restore", reader_probe(seen))
-    rt = kube.Runtime(host="local", api=RecordingApi(), engine_factory=object)
+    monkeypatch.setattr(runner, "run_restore", reader_probe(seen))
+    rt = kube.Runtime(host="local", api=RecordingApi(), engine_factory=IdleEngine)
     policy = policy_body(storage={"local": {"path": str(tmp_path)}})
-    with pytest.raises(JobRan):
-        kube.handle_restore(rt, restore_body(), {("ns1", "myapp"): [policy]}, {})
+    request = restore_body()
+    kube.handle_restore(rt, request, {("ns1", "myapp"): [policy]}, {("ns1", "restore-myapp-1"): [request]}, {})
+    rt.runner.shutdown()
     assert rt.api.reads == [("ns1", "pg-credentials", "password")]
     assert [s[1] for s in seen] == ["pw-of-pg-credentials-password"]
-    assert rt.api.patched == [(kube.RESTORES, "ns1", "restore-myapp-1")]  # Running was written first
+    assert rt.api.patched[0] == (kube.RESTORES, "ns1", "restore-myapp-1")  # Running was written first
+    assert (kube.RESTORES, "ns1", "restore-myapp-1") in rt.api.patched[1:]  # then Failed, with the error
 
 
 class FakeApiError(Exception):

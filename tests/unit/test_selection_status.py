@@ -286,5 +286,6 @@ def test_last_transition_time_moves_only_when_the_status_changes():
     assert by_type(later)["RPOMet"]["lastTransitionTime"] == "2026-11-21T01:00:00Z"  # still met: unchanged
     breached = policy_status(NIGHTLY, [done], attempt(done), now=utc(2026, 11, 22, 0), previous=later.conditions)
     assert by_type(breached)["RPOMet"]["lastTransitionTime"] == "2026-11-22T00:00:00Z"
-    assert by_type(breached)["Ready"]["lastTransitionTime"] == "2026-11-21T01:00:00Z"
+    assert by_type(breached)["Ready"]["lastTransitionTime"] == "2026-11-22T00:00:00Z"  # no longer protected
+    assert by_type(breached)["RTOMet"]["lastTransitionTime"] == "2026-11-21T01:00:00Z"
     assert all(c.observed_generation == 3 for c in breached.conditions)

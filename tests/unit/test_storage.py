@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from dockvault.api.policy import CompressionSpec
 from dockvault.storage import local
 from dockvault.storage.codec import CompressingWriter, decompressed, read_chunks
+from dockvault.storage.base import BackupIdTaken
 from dockvault.storage.local import LocalRepository
 from tests.unit.builders import artifact, backup, utc
 
@@ -110,7 +111,7 @@ def test_a_manifest_that_fails_halfway_is_not_published(tmp_path, monkeypatch):
 def test_begin_refuses_an_existing_folder(tmp_path):
     repo = LocalRepository(tmp_path)
     repo.begin("myapp", ID1)  # even an unfinished one
-    with pytest.raises(FileExistsError):
+    with pytest.raises(BackupIdTaken, match=f"backup myapp/{ID1} already exists in "):
         repo.begin("myapp", ID1)
 
 
@@ -198,7 +199,7 @@ def test_delete_cut_short_never_leaves_a_complete_looking_backup(tmp_path, monke
     assert repo.backups("myapp") == []
     assert tree(tmp_path / "myapp") == [ID1, f"{ID1}/media.tar.zst"]
     monkeypatch.undo()
-    assert repo.clean_temporaries() == [str(tmp_path / "myapp" / ID1)]
+    assert repo.clean_temporaries("myapp") == [str(tmp_path / "myapp" / ID1)]
     assert tree(tmp_path / "myapp") == []
 
 
@@ -211,16 +212,17 @@ def test_clean_temporaries(tmp_path):
         out.write(b"never committed")
     (tmp_path / "myapp" / f"{ID3}.dvtmp").write_bytes(b"stray")
     complete(repo, ID1, policy="other")
+    (tmp_path / "other" / f"{ID3}.dvtmp").write_bytes(b"another policy's: its own job may be writing it")
 
-    removed = repo.clean_temporaries()
+    removed = repo.clean_temporaries("myapp")
 
     assert removed == [str(tmp_path / "myapp" / ID1 / "extra.tar.zst.dvtmp"), str(tmp_path / "myapp" / ID2),
                        str(tmp_path / "myapp" / f"{ID3}.dvtmp")]
     assert tree(tmp_path) == sorted([
         "myapp", f"myapp/{ID1}", f"myapp/{ID1}/manifest.json", f"myapp/{ID1}/media.tar.zst",
-        "other", f"other/{ID1}", f"other/{ID1}/manifest.json", f"other/{ID1}/media.tar.zst",
+        "other", f"other/{ID1}", f"other/{ID1}/manifest.json", f"other/{ID1}/media.tar.zst", f"other/{ID3}.dvtmp",
     ])
-    assert repo.clean_temporaries() == []
+    assert repo.clean_temporaries("myapp") == []
 
 
 # --- codec -------------------------------------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ def test_restore_outcomes_survive_listing_and_cleaning(tmp_path):
     status = RestoreRequestStatus(phase="Succeeded", backup="20261121T030000Z", message="restored")
     assert repo.restore_outcome("bring-back", "abc123") is None
     repo.save_restore("bring-back", "abc123", status)
-    repo.clean_temporaries()
+    repo.clean_temporaries("bring-back")
     assert repo.policies() == []
     assert repo.restore_outcome("bring-back", "abc123") == status
     assert repo.restore_outcome("bring-back", "other") is None

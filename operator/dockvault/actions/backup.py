@@ -14,11 +14,12 @@ from ..api.common import ObjectMeta
 from ..api.policy import BackupPolicy
 from ..controller.retention import RetentionPlan, plan_retention
 from ..credentials import mask
-from ..engine.core import Engine, EngineError, new_job_id
+from ..controller.jobs import PERMANENT, TEMPORARY
+from ..engine.core import Engine, EngineError, is_temporary, new_job_id
 from ..engine.quiesce import Journal
 from ..sources import BackupContext, SourceError, source_for
 from ..sources.base import Progress
-from ..storage.base import Repository
+from ..storage.base import BackupIdTaken, Repository
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class BackupOutcome:
     record: Backup
     retention: RetentionPlan | None = None
     deleted: list[str] = field(default_factory=list)
+    error: str | None = None  # of a failed backup: controller.jobs.TEMPORARY or PERMANENT
 
     @property
     def succeeded(self) -> bool:
@@ -70,7 +72,7 @@ def run_backup(
         try:
             writer = repository.begin(policy.name, backup_id)
             break
-        except FileExistsError:  # a failed run of the same second left its folder behind
+        except BackupIdTaken:  # a failed run of the same second left its folder behind
             taken.add(backup_id)
             backup_id = new_backup_id(started, taken)
     ctx = BackupContext(policy=policy.name, backup_id=backup_id, job_id=new_job_id(), engine=engine,
@@ -83,12 +85,13 @@ def run_backup(
             artifacts += source_for(target.source_kind).backup(target, ctx)
     except (SourceError, EngineError, OSError, ValueError) as exc:
         writer.abort()
+        error = TEMPORARY if is_temporary(exc) else PERMANENT
         message = mask(f"target {target.name}: {exc}")
-        log.error("backup %s/%s failed: %s", policy.name, backup_id, message)
+        log.error("backup %s/%s failed (%s): %s", policy.name, backup_id, error, message)
         status = BackupStatus(phase="Failed", started_at=started, completed_at=datetime.now(UTC),
                               duration_seconds=round(time.monotonic() - clock, 3), message=message,
                               dockvault_version=__version__)
-        return BackupOutcome(_record(policy, backup_id, trigger, status))
+        return BackupOutcome(_record(policy, backup_id, trigger, status), error=error)
     except BaseException:
         writer.abort()
         raise

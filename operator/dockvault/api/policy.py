@@ -83,6 +83,10 @@ class StorageSpec(Schema):
             raise ValueError("storage needs exactly one backend: local")
         return self
 
+    @property
+    def backend(self) -> str:
+        return "local"
+
 
 _LEVELS = {"zstd": (1, 22, 3), "gzip": (1, 9, 6)}
 
@@ -202,6 +206,9 @@ class BackupRef(Schema):
     completed_at: str | None = None
     bytes: int | None = None
     message: str | None = None
+    error: str | None = Field(None, description="of a failed run: temporary (retried), permanent or unexpected")
+    attempt: int | None = Field(None, description="which try this was, when temporary failures were retried")
+    next_retry_at: str | None = Field(None, description="when a temporary failure is tried again")
 
 
 class MeasuredRto(Schema):
@@ -219,6 +226,15 @@ class Verification(Schema):
     message: str | None = None
 
 
+class QuiescedContainer(Schema):
+    """A container a running job paused or stopped (Kubernetes mode's quiesce journal): resumed at start-up."""
+
+    container_id: str
+    name: str
+    mode: Literal["pause", "stop"]
+    at: str
+
+
 class BackupPolicyStatus(Schema):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -229,6 +245,9 @@ class BackupPolicyStatus(Schema):
     rpo_age_seconds: float | None = None
     measured_rto: MeasuredRto | None = None
     last_verification: Verification | None = None
+    last_successful_verification: Verification | None = None
+    quiesced: list[QuiescedContainer] | None = Field(
+        None, description="Kubernetes mode: containers a job halted and has not yet resumed (a journal)")
 
 
 class BackupPolicy(Schema):

@@ -33,11 +33,13 @@ class Due:
     next_at: datetime | None  # the slot this decision is about; None when the policy never runs by itself
 
 
-def backup_due(spec: BackupPolicySpec, *, last_attempt: datetime | None, now: datetime) -> Due:
+def backup_due(spec: BackupPolicySpec, *, last_attempt: datetime | None, now: datetime,
+               retry_at: datetime | None = None) -> Due:
     """Is a scheduled backup due at `now`, given when the last one (of any outcome) started?
 
     A policy that never ran is due at once: until its first backup, its data has no protection at all.
-    After downtime, every slot missed since the last attempt collapses into one run now.
+    After downtime, every slot missed since the last attempt collapses into one run now. A temporary failure
+    is tried again at `retry_at` (see controller.jobs.retry_at), which always lies before the next slot.
     """
     if spec.suspend:
         return Due(False, "suspended", None)
@@ -49,6 +51,8 @@ def backup_due(spec: BackupPolicySpec, *, last_attempt: datetime | None, now: da
     if slot <= now:
         missed = "" if next_run(spec.schedule, spec.timezone, slot) > now else " (missed slots collapsed into one run)"
         return Due(True, f"scheduled for {slot.isoformat()}{missed}", slot)
+    if retry_at is not None and retry_at < slot:
+        return Due(retry_at <= now, "retry of a temporary failure" if retry_at <= now else "waiting to retry", retry_at)
     return Due(False, "waiting", slot)
 
 

@@ -23,10 +23,15 @@ class Attempt:
     bytes: int | None = None
     message: str | None = None
     trigger: str = "schedule"
+    error: str | None = None  # for a Failed run: "temporary", "permanent" or "unexpected" (see controller.jobs)
+    attempt: int = 1  # 1 for a first try; n for the (n-1)th retry of a temporary failure
+    next_retry_at: datetime | None = None  # when a temporary failure is tried again; None: at the next slot
 
     def ref(self) -> BackupRef:
         return BackupRef(id=self.backup_id, phase=self.phase, started_at=iso(self.started_at),
-                         completed_at=iso(self.completed_at), bytes=self.bytes, message=self.message)
+                         completed_at=iso(self.completed_at), bytes=self.bytes, message=self.message,
+                         error=self.error, attempt=self.attempt if self.attempt > 1 or self.next_retry_at else None,
+                         next_retry_at=iso(self.next_retry_at))
 
 
 def iso(value: datetime | None) -> str | None:
@@ -49,7 +54,12 @@ def last_attempt_time(backups: Sequence[Backup], last: Attempt | None) -> dateti
 
 
 def ready_condition(last: Attempt | None, newest: Backup | None, *, suspended: bool) -> Condition:
+    """Did the last backup succeed? (`protected` below adds the RPO to make the user-facing Ready.)"""
     if last is not None and last.phase == "Failed" and (newest is None or newest.status.started_at < last.started_at):
+        if last.next_retry_at is not None:
+            return Condition(type="Ready", status="False", reason="BackupRetrying",
+                             message=f"attempt {last.attempt} failed: {last.message or 'temporary failure'}; "
+                                     f"retry at {iso(last.next_retry_at)}")
         return Condition(type="Ready", status="False", reason="BackupFailed", message=last.message or "backup failed")
     if last is not None and last.phase == "Running":
         return Condition(type="Ready", status="Unknown", reason="BackupRunning", message=f"backup {last.backup_id} running")
@@ -96,6 +106,17 @@ def rto_condition(objective: timedelta | None, measured: Measurement | None) -> 
                      message=f"last {measured.source} took {_human(measured.seconds)} (RTO {_human(objective.total_seconds())})")
 
 
+def protected(ready: Condition, rpo: Condition) -> Condition:
+    """Ready means "protected", in both modes: the last backup succeeded AND the newest good one is within the RPO.
+
+    A succeeded-but-stale policy shows RPOMet's reason and message on Ready, so `kubectl get`, Argo CD and
+    `dockvault get policies` all say why the data is not protected.
+    """
+    if ready.status == "True" and rpo.status == "False":
+        return Condition(type="Ready", status="False", reason=rpo.reason, message=rpo.message)
+    return ready
+
+
 def with_transitions(conditions: Sequence[Condition], previous: Sequence[Condition], *, now: datetime,
                      generation: int | None) -> list[Condition]:
     """Stamp observedGeneration, and keep lastTransitionTime unless the status itself changed."""
@@ -120,11 +141,13 @@ def policy_status(
 ) -> BackupPolicyStatus:
     good = sorted((b for b in backups if b.succeeded), key=lambda b: b.status.started_at)
     newest = good[-1] if good else None
-    due = backup_due(policy.spec, last_attempt=last_attempt_time(good, last), now=now)
+    due = backup_due(policy.spec, last_attempt=last_attempt_time(good, last), now=now,
+                     retry_at=last.next_retry_at if last is not None else None)
     last_ref = last.ref() if last is not None and (newest is None or last.started_at >= newest.status.started_at) else None
     objectives = policy.spec.objectives
-    conditions = [ready_condition(last, newest, suspended=policy.spec.suspend),
-                  rpo_condition(objectives.rpo, newest, now=now), rto_condition(objectives.rto, measured)]
+    rpo = rpo_condition(objectives.rpo, newest, now=now)
+    conditions = [protected(ready_condition(last, newest, suspended=policy.spec.suspend), rpo), rpo,
+                  rto_condition(objectives.rto, measured)]
     return BackupPolicyStatus(
         observed_generation=policy.metadata.generation,
         conditions=with_transitions(conditions, previous, now=now, generation=policy.metadata.generation),

@@ -30,7 +30,36 @@ DEFAULT_HELPER_IMAGE = "dockvault:latest"
 
 
 class EngineError(RuntimeError):
-    """A Docker-side failure, phrased for the user."""
+    """A Docker-side failure, phrased for the user; `temporary` when trying again later may well work."""
+
+    def __init__(self, message: str, *, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+def _temporary_docker_error(exc: BaseException) -> bool:
+    import requests.exceptions
+
+    if isinstance(exc, docker.errors.APIError):
+        status = exc.status_code or 0
+        explanation = str(exc.explanation or exc).lower()
+        return status >= 500 or (status == 409 and ("is not running" in explanation or "is paused" in explanation
+                                                    or "is restarting" in explanation))
+    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                            TimeoutError))
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """Would the same job likely work in a minute? The engine unreachable or answering 5xx, a container not
+    running (restarting), a timeout; looked for along the exception's causes, as sources wrap engine errors."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "temporary", False) or _temporary_docker_error(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -100,7 +129,7 @@ class Engine:
             client.ping()
         except docker.errors.DockerException as exc:
             host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-            raise EngineError(f"cannot reach the Docker engine at {host}: {exc}") from exc
+            raise EngineError(f"cannot reach the Docker engine at {host}: {exc}", temporary=True) from exc
         return cls(client, helper_image=helper_image)
 
     # --- volumes -------------------------------------------------------------------------------
@@ -135,6 +164,33 @@ class Engine:
 
     def start(self, ref: ContainerRef) -> None:
         self.client.containers.get(ref.id).start()
+
+    def state(self, ref: ContainerRef) -> str | None:
+        """The container's state now (running, paused, exited, ...); None once it is gone."""
+        try:
+            container = self.client.containers.get(ref.id)
+        except docker.errors.NotFound:
+            return None
+        return container.status
+
+    def stop_timeout(self, ref: ContainerRef) -> float:
+        """How long `docker stop` may take for this container: its own StopTimeout, or the engine's 10 s."""
+        try:
+            config = self.client.api.inspect_container(ref.id).get("Config") or {}
+        except docker.errors.NotFound:
+            return 0.0
+        value = config.get("StopTimeout")
+        return float(value if isinstance(value, int) and value >= 0 else 10)
+
+    def wait_stopped(self, ref: ContainerRef, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a stop in flight to finish; True once the container is not running."""
+        import requests.exceptions
+
+        if timeout > 0 and self.state(ref) == "running":
+            with contextlib.suppress(requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                                     docker.errors.NotFound):
+                self.client.api.wait(ref.id, timeout=timeout, condition="not-running")
+        return self.state(ref) != "running"
 
     # --- helpers -------------------------------------------------------------------------------
     def helper_image_id(self) -> str:
@@ -189,14 +245,21 @@ class Engine:
                     container.remove(force=True)
             shutil.rmtree(pipe_dir, ignore_errors=True)
 
-    def remove_leftovers(self) -> list[str]:
-        """Remove helpers and drill scratch resources a killed dockvault left behind (found by their labels)."""
+    def remove_leftovers(self, *, policy: str | None = None, spare: frozenset[str] = frozenset()) -> list[str]:
+        """Remove helpers and drill scratch resources a killed dockvault left behind (found by their labels): of
+        `policy` only, or of every policy but those in `spare` (whose jobs may be running in another process)."""
+        label = [LABEL_JOB] if policy is None else [LABEL_JOB, f"{LABEL_POLICY}={policy}"]
+        scratch = [LABEL_DRILL] if policy is None else [LABEL_DRILL, f"{LABEL_POLICY}={policy}"]
         removed = []
-        for container in self.client.containers.list(all=True, filters={"label": LABEL_JOB}):
+        for container in self.client.containers.list(all=True, filters={"label": label}):
+            if container.labels.get(LABEL_POLICY) in spare:
+                continue
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.remove(force=True, v=True)
                 removed.append(container.name)
-        for volume in self.client.volumes.list(filters={"label": LABEL_DRILL}):
+        for volume in self.client.volumes.list(filters={"label": scratch}):
+            if (volume.attrs.get("Labels") or {}).get(LABEL_POLICY) in spare:
+                continue
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 volume.remove(force=True)
                 removed.append(f"volume {volume.name}")

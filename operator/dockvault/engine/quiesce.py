@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Protocol
 
 from .core import ContainerRef, Engine, EngineError
@@ -58,14 +61,56 @@ def quiesced(engine: Engine, volume: str, mode: Mode, journal: Journal | None = 
             raise EngineError("could not resume containers after backup: " + "; ".join(failures))
 
 
-def resume_journaled(engine: Engine, entries: list[tuple[ContainerRef, str]], journal: Journal) -> list[str]:
-    """Resume containers a killed dockvault left halted (newest first); returns what was resumed."""
+@dataclass(frozen=True)
+class Halted:
+    """A journal entry: `ref` was paused or stopped by a job of `policy` at `at` and not yet seen resumed."""
+
+    ref: ContainerRef
+    mode: str
+    at: datetime
+    policy: str | None = None
+
+
+PAUSE_SETTLE = 2.0  # seconds a pause request still in flight may take
+STOP_MARGIN = 5.0  # seconds beyond the container's own stop timeout
+
+
+def recover_halted(engine: Engine, entries: list[Halted], journal: Journal, *, now: datetime) -> list[str]:
+    """Resume containers a killed dockvault left halted (newest first); returns the names seen running again.
+
+    A stop or pause still in flight is left to settle first: the engine finishes a `docker stop` even when its
+    caller was killed, so starting a container that is still stopping would be a no-op and the stop would win.
+    An entry is closed only when its container is seen running again, or is gone; otherwise it stays for the
+    next start-up, and the error is logged.
+    """
     resumed = []
-    for ref, mode in reversed(entries):
+    for entry in reversed(entries):
+        ref = entry.ref
         try:
-            (engine.unpause if mode == "pause" else engine.start)(ref)
-            resumed.append(ref.name)
-        except Exception as exc:  # gone or already running: nothing left to undo
-            log.warning("quiesce: could not resume %s after restart: %s", ref.name, exc)
+            if entry.mode == "stop":
+                grace = engine.stop_timeout(ref) + STOP_MARGIN - (now - entry.at).total_seconds()
+                engine.wait_stopped(ref, grace)
+            elif engine.state(ref) == "running":
+                deadline = time.monotonic() + max(0.0, PAUSE_SETTLE - (now - entry.at).total_seconds())
+                while engine.state(ref) == "running" and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            state = engine.state(ref)
+            if state is None:
+                log.warning("quiesce: container %s, halted by a stopped dockvault, no longer exists", ref.name)
+                journal.resumed(ref)
+                continue
+            if state == "paused":
+                engine.unpause(ref)
+            elif state != "running" and entry.mode == "stop":
+                engine.start(ref)
+            state = engine.state(ref)
+            if state != "running":
+                raise EngineError(f"still {state} after resuming")
+        except Exception as exc:  # noqa: BLE001 - keep the entry; the next start-up tries again
+            log.error("quiesce: could not resume container %s, halted by a stopped dockvault: %s; start it by hand "
+                      "(`docker %s %s`) if it stays down", ref.name, exc, "unpause" if entry.mode == "pause" else
+                      "start", ref.name)
+            continue
         journal.resumed(ref)
+        resumed.append(ref.name)
     return resumed

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..api.backup import Backup
@@ -21,6 +21,7 @@ from ..api.policy import Verification
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
+from ..engine.quiesce import Halted
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS attempts (
@@ -37,6 +38,15 @@ CREATE TABLE IF NOT EXISTS conditions (
 CREATE TABLE IF NOT EXISTS quiesced (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, container_id TEXT NOT NULL, name TEXT NOT NULL, mode TEXT NOT NULL);
 """
+# Columns added since the first release: (table, column, declaration); added in place to older state files.
+MIGRATIONS = (
+    ("attempts", "error", "TEXT"),
+    ("attempts", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("attempts", "next_retry_at", "TEXT"),
+    ("quiesced", "policy", "TEXT"),
+    ("quiesced", "halted_at", "TEXT"),
+)
+ATTEMPT_COLUMNS = "backup_id, phase, started_at, completed_at, bytes, message, trigger, error, attempt, next_retry_at"
 
 
 class StateLocked(RuntimeError):
@@ -55,6 +65,10 @@ class StateStore:
         self._db = sqlite3.connect(self.directory / "state.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        for table, column, declaration in MIGRATIONS:
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self._db.close()
@@ -80,27 +94,27 @@ class StateStore:
     # --- backup attempts ---------------------------------------------------------------------
     def record_attempt(self, policy: str, attempt: Attempt) -> None:
         self._run(
-            "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?)",
-            (policy, attempt.backup_id, attempt.phase, attempt.trigger, attempt.started_at.isoformat(),
-             attempt.completed_at.isoformat() if attempt.completed_at else None, attempt.bytes, attempt.message),
+            f"INSERT OR REPLACE INTO attempts (policy, {ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (policy, attempt.backup_id, attempt.phase, attempt.started_at.isoformat(),
+             attempt.completed_at.isoformat() if attempt.completed_at else None, attempt.bytes, attempt.message,
+             attempt.trigger, attempt.error, attempt.attempt,
+             attempt.next_retry_at.isoformat() if attempt.next_retry_at else None),
         )
 
+    @staticmethod
+    def _attempt(row: tuple) -> Attempt:
+        bid, phase, started, completed, size, message, trigger, error, number, retry = row
+        return Attempt(bid, phase, _dt(started), _dt(completed), size, message, trigger, error, number or 1, _dt(retry))
+
     def last_attempt(self, policy: str) -> Attempt | None:
-        rows = self._run(
-            "SELECT backup_id, phase, started_at, completed_at, bytes, message, trigger FROM attempts "
-            "WHERE policy=? ORDER BY started_at DESC, backup_id DESC LIMIT 1", (policy,))
-        if not rows:
-            return None
-        bid, phase, started, completed, size, message, trigger = rows[0]
-        return Attempt(bid, phase, _dt(started), _dt(completed), size, message, trigger)
+        rows = self._run(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE policy=? "
+                         "ORDER BY started_at DESC, backup_id DESC LIMIT 1", (policy,))
+        return self._attempt(rows[0]) if rows else None
 
     def last_success(self, policy: str) -> Attempt | None:
-        rows = self._run("SELECT backup_id, phase, started_at, completed_at, bytes, message, trigger FROM attempts "
-                         "WHERE policy=? AND phase='Succeeded' ORDER BY started_at DESC LIMIT 1", (policy,))
-        if not rows:
-            return None
-        bid, phase, started, completed, size, message, trigger = rows[0]
-        return Attempt(bid, phase, _dt(started), _dt(completed), size, message, trigger)
+        rows = self._run(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE policy=? AND phase='Succeeded' "
+                         "ORDER BY started_at DESC LIMIT 1", (policy,))
+        return self._attempt(rows[0]) if rows else None
 
     def attempts(self, policy: str) -> list[tuple[str, str, str, str | None]]:
         return self._run("SELECT backup_id, phase, started_at, message FROM attempts WHERE policy=? ORDER BY started_at",
@@ -120,35 +134,33 @@ class StateStore:
         rows = self._run("SELECT status FROM restores WHERE name=? AND spec_hash=?", (name, spec_hash))
         return RestoreRequestStatus.model_validate_json(rows[0][0]) if rows else None
 
-    def record_restore(self, name: str, spec_hash: str, policy: str, status: RestoreRequestStatus, now: datetime) -> None:
+    def record_restore(self, name: str, spec_hash: str, policy: str, status: RestoreRequestStatus) -> None:
         self._run("INSERT OR REPLACE INTO restores VALUES (?,?,?,?,?)",
-                  (name, spec_hash, policy, status.model_dump_json(by_alias=True, exclude_none=True), now.isoformat()))
+                  (name, spec_hash, policy, status.model_dump_json(by_alias=True, exclude_none=True),
+                   datetime.now(UTC).isoformat()))
 
     def forget_attempt(self, policy: str, backup_id: str) -> None:
         self._run("DELETE FROM attempts WHERE policy=? AND backup_id=?", (policy, backup_id))
 
-    def fail_interrupted_restores(self) -> None:
-        for name, spec_hash, policy, raw in self._run("SELECT name, spec_hash, policy, status FROM restores"):
-            status = RestoreRequestStatus.model_validate_json(raw)
-            if status.phase == "Running":
-                failed = status.model_copy(update={"phase": "Failed", "message": "interrupted: dockvault stopped during the restore"})
-                self._run("UPDATE restores SET status=? WHERE name=? AND spec_hash=?",
-                          (failed.model_dump_json(by_alias=True, exclude_none=True), name, spec_hash))
+    def interrupted_restores(self) -> list[tuple[str, str, str, RestoreRequestStatus]]:
+        return [row for row in self.restores() if row[3].phase == "Running"]
 
     def restores(self) -> list[tuple[str, str, str, RestoreRequestStatus]]:
         rows = self._run("SELECT name, spec_hash, policy, status FROM restores ORDER BY recorded_at")
         return [(n, h, p, RestoreRequestStatus.model_validate_json(s)) for n, h, p, s in rows]
 
     # --- quiesce journal -----------------------------------------------------------------------
-    def halted(self, ref: ContainerRef, mode: str) -> None:
-        self._run("INSERT INTO quiesced (container_id, name, mode) VALUES (?,?,?)", (ref.id, ref.name, mode))
+    def halted(self, policy: str, ref: ContainerRef, mode: str) -> None:
+        self._run("INSERT INTO quiesced (container_id, name, mode, policy, halted_at) VALUES (?,?,?,?,?)",
+                  (ref.id, ref.name, mode, policy, datetime.now(UTC).isoformat()))
 
     def resumed(self, ref: ContainerRef) -> None:
         self._run("DELETE FROM quiesced WHERE container_id=?", (ref.id,))
 
-    def halted_containers(self) -> list[tuple[ContainerRef, str]]:
-        rows = self._run("SELECT container_id, name, mode FROM quiesced ORDER BY seq")
-        return [(ContainerRef(cid, name, "halted"), mode) for cid, name, mode in rows]
+    def halted_containers(self) -> list[Halted]:
+        rows = self._run("SELECT container_id, name, mode, policy, halted_at FROM quiesced ORDER BY seq")
+        return [Halted(ContainerRef(cid, name, "halted"), mode, _dt(at) or datetime.fromtimestamp(0, UTC), policy)
+                for cid, name, mode, policy, at in rows]
 
     # --- conditions and measured restores --------------------------------------------------------
     def conditions(self, policy: str) -> list[Condition]:
@@ -171,9 +183,13 @@ class StateStore:
         rows = self._run("SELECT started_at, verification FROM drills WHERE policy=? ORDER BY started_at", (policy,))
         return [(datetime.fromisoformat(at), Verification.model_validate_json(raw)) for at, raw in rows]
 
-    def last_drill(self, policy: str) -> tuple[datetime, Verification] | None:
+    def last_drill(self, policy: str) -> Verification | None:
         drills = self.drills(policy)
-        return drills[-1] if drills else None
+        return drills[-1][1] if drills else None
+
+    def last_successful_drill(self, policy: str) -> Verification | None:
+        good = [v for _at, v in self.drills(policy) if v.result == "Succeeded"]
+        return good[-1] if good else None
 
     def last_measurement(self, policy: str) -> Measurement | None:
         """The newest successful restore or drill of the policy: the RTO last achieved."""

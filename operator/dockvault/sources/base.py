@@ -21,7 +21,14 @@ Progress = Callable[[int], None]
 
 
 class SourceError(RuntimeError):
-    """A target could not be backed up or restored; the message is meant for the user."""
+    """A target could not be backed up or restored; the message is meant for the user.
+
+    `temporary` when the same job will likely work soon (a container restarting), so the runner retries it.
+    """
+
+    def __init__(self, message: str, *, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 class Cancelled(SourceError):

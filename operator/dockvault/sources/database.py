@@ -90,7 +90,7 @@ def connect(engine: Engine, container: str) -> tuple[str, str, dict[str, str], s
     except docker.errors.NotFound:
         raise SourceError(f"container {container!r} does not exist") from None
     if found.status != "running":
-        raise SourceError(f"container {container!r} is {found.status}, not running")
+        raise SourceError(f"container {container!r} is {found.status}, not running", temporary=True)
     env = dict(item.split("=", 1) for item in found.attrs["Config"].get("Env") or [] if "=" in item)
     return found.id, found.name, env, found.attrs["Config"].get("Image", "")
 

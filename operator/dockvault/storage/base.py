@@ -13,6 +13,10 @@ MANIFEST = "manifest.json"
 TEMP_SUFFIX = ".dvtmp"
 
 
+class BackupIdTaken(RuntimeError):
+    """`begin` was given a backup id that already has a folder (a failed run of the same second left it)."""
+
+
 class BackupWriter(Protocol):
     """One backup being written; nothing in it counts until `commit` publishes the manifest."""
 
@@ -29,7 +33,8 @@ class BackupWriter(Protocol):
 class Repository(Protocol):
     location: str
 
-    def begin(self, policy: str, backup_id: str) -> BackupWriter: ...
+    def begin(self, policy: str, backup_id: str) -> BackupWriter:
+        """Start writing a new backup; BackupIdTaken when the id is in use."""
 
     def backups(self, policy: str) -> list[Backup]:
         """Complete backups (manifest present), oldest first."""
@@ -40,7 +45,8 @@ class Repository(Protocol):
 
     def delete(self, policy: str, backup_id: str) -> None: ...
 
-    def clean_temporaries(self) -> list[str]: ...
+    def clean_temporaries(self, policy: str) -> list[str]:
+        """Remove what an interrupted backup of `policy` left; call only while holding the policy's job lock."""
 
     def save_restore(self, name: str, spec_hash: str, status: RestoreRequestStatus) -> None:
         """Remember that a RestoreRequest ran, next to the backups, so it never runs twice."""

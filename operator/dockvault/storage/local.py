@@ -14,8 +14,9 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from ..api.backup import Backup
+from ..api.policy import LocalStorage
 from ..api.restore import RestoreRequestStatus
-from .base import MANIFEST, TEMP_SUFFIX, manifest_chunks
+from .base import MANIFEST, TEMP_SUFFIX, BackupIdTaken, manifest_chunks
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,10 @@ class LocalRepository:
 
     def begin(self, policy: str, backup_id: str) -> LocalBackupWriter:
         folder = self._folder(policy, backup_id)
-        folder.mkdir(parents=True, exist_ok=False)
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise BackupIdTaken(f"backup {policy}/{backup_id} already exists in {self.location}") from None
         _fsync_dir(folder.parent)
         return LocalBackupWriter(folder, backup_id)
 
@@ -127,19 +131,23 @@ class LocalRepository:
             return None
         return RestoreRequestStatus.model_validate_json(path.read_text(encoding="utf-8"))
 
-    def clean_temporaries(self) -> list[str]:
-        """Remove temporaries and folders without a manifest; call only when no backup is running."""
+    def clean_temporaries(self, policy: str) -> list[str]:
+        """Remove temporaries and folders without a manifest of `policy`; call only when none of its jobs runs."""
         removed = []
-        for policy in self.policies():
-            for entry in sorted((self.root / policy).iterdir()):
-                if entry.name.endswith(TEMP_SUFFIX):
-                    entry.unlink(missing_ok=True) if entry.is_file() else shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(str(entry))
-                elif entry.is_dir() and not (entry / MANIFEST).exists():
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(str(entry))
-                elif entry.is_dir():
-                    for tmp in entry.glob("*" + TEMP_SUFFIX):
-                        tmp.unlink(missing_ok=True)
-                        removed.append(str(tmp))
+        folder = self.root / policy
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if entry.name.endswith(TEMP_SUFFIX):
+                entry.unlink(missing_ok=True) if entry.is_file() else shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
+            elif entry.is_dir() and not (entry / MANIFEST).exists():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
+            elif entry.is_dir():
+                for tmp in entry.glob("*" + TEMP_SUFFIX):
+                    tmp.unlink(missing_ok=True)
+                    removed.append(str(tmp))
         return removed
+
+
+def open_repository(spec: LocalStorage) -> LocalRepository:
+    return LocalRepository(spec.path)

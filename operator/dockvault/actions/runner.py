@@ -1,0 +1,403 @@
+"""The one job runner: both front ends and the one-shot commands run every backup, restore and drill through it.
+
+Given the resources, the state and the time, it asks controller.jobs what is due (restores, then backups,
+then drills), runs each job under its policy's lock and within `max_parallel`, records the outcome in the
+state, updates the metrics, sends the notifications and tells the front end (which writes status and
+events). Any exception inside a job ends as a recorded Failed outcome, logged once with its traceback; a
+temporary failure is retried with backoff before the next slot.
+
+Start-up recovery is per policy, under the policy's lock, so it never touches a job another live process
+runs: leftover helpers and scratch resources, temporary repository data, containers a killed dockvault left
+paused or stopped, restores left Running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ..api.backup import Backup
+from ..api.policy import BackupPolicy, Verification
+from ..api.restore import RestoreRequest, RestoreRequestStatus
+from ..controller import jobs
+from ..controller.jobs import Job
+from ..controller.status import Attempt, iso
+from ..credentials import mask
+from ..engine.core import Engine, is_temporary
+from ..engine.quiesce import recover_halted
+from ..metrics import DockvaultMetrics, PolicyFacts, facts_for
+from ..notify import Event, Notifier
+from ..sources.base import Progress
+from ..storage import repository_for
+from .backup import BackupOutcome, run_backup
+from .locks import JobLocks, Lease
+from .restore import RestoreOutcome, run_restore
+from .state import PolicyJournal, State
+from .verify import DrillOutcome, run_drill
+
+log = logging.getLogger(__name__)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a front end knows right now: policies by key, and restore requests by key with their policy's key."""
+
+    policies: Mapping[str, BackupPolicy] = field(default_factory=dict)
+    restores: Mapping[str, tuple[RestoreRequest, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One finished job, as the front ends report it."""
+
+    job: Job
+    policy: BackupPolicy
+    succeeded: bool
+    message: str
+    backup_id: str | None = None
+    error: str | None = None  # jobs.TEMPORARY, PERMANENT or UNEXPECTED when it failed
+    backup: BackupOutcome | None = None
+    restore: RestoreOutcome | None = None
+    drill: DrillOutcome | None = None
+    request: RestoreRequest | None = None
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        state: State,
+        engine: Callable[[], Engine],
+        locks: JobLocks | None = None,
+        metrics: DockvaultMetrics | None = None,
+        notifier: Notifier | None = None,
+        max_parallel: int = 2,
+        job_context: Callable[[str], contextlib.AbstractContextManager] | None = None,
+        on_result: Callable[[JobResult], None] | None = None,
+        clock: Callable[[], datetime] = now_utc,
+    ) -> None:
+        self.state = state
+        self._engine_factory = engine
+        self._engine: Engine | None = None
+        self.locks = locks or JobLocks()
+        self.metrics = metrics
+        self.notifier = notifier or Notifier()
+        self.job_context = job_context or (lambda _policy: contextlib.nullcontext())
+        self.on_result = on_result
+        self.clock = clock
+        self.cancel = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="job")
+        self._guard = threading.Lock()
+        self._facts: dict[str, PolicyFacts] = {}
+        self._recovered: set[str] = set()
+
+    @property
+    def engine(self) -> Engine:
+        with self._guard:
+            if self._engine is None:
+                self._engine = self._engine_factory()
+            return self._engine
+
+    # --- planning ----------------------------------------------------------------------------------
+    def history(self, key: str, policy: BackupPolicy, backups: list[Backup] | None = None) -> jobs.History:
+        backups = repository_for(policy).backups(policy.name) if backups is None else backups
+        good = [b for b in backups if b.succeeded]
+        drill = self.state.last_drill(key)
+        return jobs.History(
+            last_attempt=self.state.last_attempt(key),
+            newest_backup_started=max((b.status.started_at for b in good), default=None),
+            last_drill=datetime.fromisoformat(drill.started_at.replace("Z", "+00:00")) if drill and drill.started_at
+            else None,
+            has_backup=bool(good),
+        )
+
+    def restore_pending(self, key: str, request: RestoreRequest, policy_key: str, policy: BackupPolicy) -> bool:
+        """Has this request not yet run for its current spec? A lost state learns the answer from the repository."""
+        if self.state.restore_status(key, request.spec_hash) is not None:
+            return False
+        done = repository_for(policy).restore_outcome(request.name, request.spec_hash)
+        if done is not None:
+            self.state.record_restore(key, request.spec_hash, policy_key, done)
+            return False
+        return True
+
+    def due(self, resources: Resources, now: datetime | None = None) -> list[Job]:
+        """Every job due now, highest priority first."""
+        now = now or self.clock()
+        policies = [(key, policy, self.history(key, policy)) for key, policy in resources.policies.items()]
+        restores = [(key, request, policy_key) for key, (request, policy_key) in resources.restores.items()
+                    if policy_key in resources.policies
+                    and self.restore_pending(key, request, policy_key, resources.policies[policy_key])]
+        return jobs.plan(policies, restores, now)
+
+    # --- dispatching -------------------------------------------------------------------------------
+    def dispatch(self, resources: Resources, now: datetime | None = None, *,
+                 skip: frozenset[str] = frozenset()) -> list[tuple[Job, Future]]:
+        """Start every due job whose policy is idle, highest priority first (labels in `skip` excepted).
+
+        A policy whose lock another job (or process) holds keeps its jobs for a later pass. The futures never
+        raise: every outcome, unexpected ones included, is recorded by the job itself.
+        """
+        started = []
+        for job in self.due(resources, now):
+            if job.label in skip:
+                continue
+            lease = self.locks.try_acquire(job.policy, job.label)
+            if lease is None:
+                continue
+            try:
+                # The job thread inherits the caller's context (kopf's, in Kubernetes mode: events, Secrets).
+                future = self.pool.submit(contextvars.copy_context().run, self._run_leased, job, resources, lease)
+            except RuntimeError:  # the pool is shut down: dockvault is stopping
+                lease.release()
+                break
+            started.append((job, future))
+        return started
+
+    def _run_leased(self, job: Job, resources: Resources, lease: Lease) -> JobResult:
+        with lease:
+            return self.execute(job, resources)
+
+    def run_pass(self, resources: Resources) -> bool:
+        """Run everything due now to its end, each job at most once (`dockvault run --once`); True if all succeeded."""
+        done: set[str] = set()
+        running: list[tuple[Job, Future]] = []
+        ok = True
+        while True:
+            running += self.dispatch(resources, skip=frozenset(done))
+            if not running:
+                return ok
+            job, future = running.pop(0)
+            done.add(job.label)
+            result = future.result()
+            if not result.succeeded:
+                log.error("%s failed: %s", job.label, result.message)
+                ok = False
+
+    # --- running one job ------------------------------------------------------------------------------
+    def execute(self, job: Job, resources: Resources, *, progress: Progress | None = None) -> JobResult:
+        """Run `job` now (the caller holds its policy's lock); record, count, notify and report the outcome."""
+        policy = resources.policies[job.policy]
+        self.recover_policy(job.policy, policy)
+        try:
+            with self.job_context(job.policy):
+                if job.kind == "backup":
+                    result = self._backup(job, policy, progress)
+                elif job.kind == "restore":
+                    request = resources.restores[job.request][0]
+                    result = self._restore(job, policy, request)
+                else:
+                    result = self._drill(job, policy)
+        except Exception as exc:  # noqa: BLE001 - any job ends recorded, never silently, never re-run each tick
+            result = self._unexpected(job, policy, resources, exc)
+        self.refresh(job.policy, policy)
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception:  # noqa: BLE001 - the job's outcome is recorded; the status write retries next tick
+                log.exception("%s: cannot report the outcome", job.label)
+        return result
+
+    def backup_now(self, key: str, policy: BackupPolicy, *, trigger: str = "manual",
+                   progress: Progress | None = None) -> JobResult:
+        """A backup typed by hand; the caller holds the policy's lock."""
+        return self.execute(Job("backup", key, trigger), Resources({key: policy}), progress=progress)
+
+    def drill_now(self, key: str, policy: BackupPolicy) -> JobResult:
+        return self.execute(Job("drill", key, "manual"), Resources({key: policy}))
+
+    def _backup(self, job: Job, policy: BackupPolicy, progress: Progress | None) -> JobResult:
+        trigger = "manual" if job.reason == "manual" else "schedule"
+        started = self.clock()
+        self.state.record_attempt(job.policy, Attempt("pending", "Running", started, trigger=trigger,
+                                                      attempt=job.attempt))
+        try:
+            outcome = run_backup(policy, engine=self.engine, repository=repository_for(policy), trigger=trigger,
+                                 progress=progress, cancel=self.cancel, journal=PolicyJournal(self.state, job.policy))
+        finally:
+            self.state.forget_attempt(job.policy, "pending")
+        st = outcome.record.status
+        retry = None
+        if outcome.error == jobs.TEMPORARY and trigger == "schedule":
+            retry = jobs.retry_at(policy, attempt=job.attempt, failed_at=st.completed_at or self.clock(),
+                                  started_at=st.started_at)
+        self.state.record_attempt(job.policy, Attempt(outcome.record.id, st.phase, st.started_at, st.completed_at,
+                                                      st.bytes, st.message, trigger, outcome.error, job.attempt, retry))
+        if retry is not None:
+            log.warning("backup %s: temporary failure (attempt %d); retrying at %s", job.policy, job.attempt, iso(retry))
+        if self.metrics is not None:
+            self.metrics.backup_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
+                                         duration_seconds=st.duration_seconds or 0.0, retry=job.attempt > 1)
+            if outcome.deleted:
+                self.metrics.retention_deleted(policy.name, policy.spec.host, len(outcome.deleted))
+        self._notify(policy, "backup", st.phase, outcome.record.id, st.bytes if outcome.succeeded else None,
+                     st.duration_seconds, st.message)
+        pruned = f"; retention deleted {', '.join(outcome.deleted)}" if outcome.deleted else ""
+        message = st.message or f"backup {outcome.record.id}: {st.bytes} bytes in {st.duration_seconds}s{pruned}"
+        return JobResult(job, policy, outcome.succeeded, message, outcome.record.id, outcome.error, backup=outcome)
+
+    def _restore(self, job: Job, policy: BackupPolicy, request: RestoreRequest) -> JobResult:
+        running = RestoreRequestStatus(phase="Running", started_at=self.clock())
+        self.state.record_restore(job.request, request.spec_hash, job.policy, running)
+        repository = repository_for(policy)
+        outcome = run_restore(request, policy, engine=self.engine, repository=repository, cancel=self.cancel)
+        st = outcome.status
+        repository.save_restore(request.name, request.spec_hash, st)
+        self.state.record_restore(job.request, request.spec_hash, job.policy, st)
+        if self.metrics is not None:
+            self.metrics.restore_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
+                                          duration_seconds=st.duration_seconds or 0.0)
+        self._notify(policy, "restore", st.phase, st.backup, None, st.duration_seconds, st.message)
+        return JobResult(job, policy, outcome.succeeded, st.message or "", st.backup,
+                         None if outcome.succeeded else jobs.PERMANENT, restore=outcome, request=request)
+
+    def _drill(self, job: Job, policy: BackupPolicy) -> JobResult:
+        outcome = run_drill(policy, engine=self.engine, repository=repository_for(policy), cancel=self.cancel)
+        verification = outcome.verification
+        self.state.record_drill(job.policy, outcome.started_at, verification)
+        if self.metrics is not None:
+            self.metrics.restore_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
+                                          duration_seconds=outcome.seconds)
+        self._notify(policy, "drill", verification.result, verification.backup, None, verification.duration_seconds,
+                     verification.message)
+        return JobResult(job, policy, outcome.succeeded, verification.message or "", verification.backup,
+                         None if outcome.succeeded else jobs.PERMANENT, drill=outcome)
+
+    def _unexpected(self, job: Job, policy: BackupPolicy, resources: Resources, exc: Exception) -> JobResult:
+        """Record an exception no action caught: Failed with a message, temporary when the engine was away."""
+        temporary = is_temporary(exc)
+        error = jobs.TEMPORARY if temporary else jobs.UNEXPECTED
+        message = mask(f"{'temporary failure' if temporary else 'unexpected error'}: {type(exc).__name__}: {exc}")
+        if temporary:
+            log.error("%s failed: %s", job.label, message)
+        else:
+            log.exception("%s failed with an unexpected error; this is a bug, please report it", job.label)
+        now = self.clock()
+        backup_id = None
+        try:
+            if job.kind == "backup":
+                retry = jobs.retry_at(policy, attempt=job.attempt, failed_at=now, started_at=now) if temporary else None
+                backup_id = "failed-" + now.strftime("%Y%m%dT%H%M%SZ")
+                self.state.record_attempt(job.policy, Attempt(backup_id, "Failed", now, now, None, message,
+                                                              "schedule", error, job.attempt, retry))
+                if self.metrics is not None:
+                    self.metrics.backup_finished(policy.name, policy.spec.host, succeeded=False, duration_seconds=0.0,
+                                                 retry=job.attempt > 1)
+            elif job.kind == "restore":
+                request = resources.restores[job.request][0]
+                failed = RestoreRequestStatus(phase="Failed", started_at=now, completed_at=now, message=message)
+                with contextlib.suppress(Exception):
+                    repository_for(policy).save_restore(request.name, request.spec_hash, failed)
+                self.state.record_restore(job.request, request.spec_hash, job.policy, failed)
+            else:
+                self.state.record_drill(job.policy, now, Verification(result="Failed", started_at=iso(now),
+                                                                      duration_seconds=0.0, message=message))
+        except Exception:  # noqa: BLE001 - the state itself is failing; the log above still says what happened
+            log.exception("%s: cannot record the failure", job.label)
+        self._notify(policy, job.kind, "Failed", backup_id, None, None, message)
+        return JobResult(job, policy, False, message, backup_id, error)
+
+    def _notify(self, policy: BackupPolicy, kind: str, phase: str, backup_id: str | None, size: int | None,
+                seconds: float | None, message: str | None) -> None:
+        self.notifier.send_async(policy.spec.notify, Event(
+            policy=policy.name, target=None, kind=kind, phase=phase, backup_id=backup_id, bytes=size,  # type: ignore[arg-type]
+            duration_seconds=seconds, message=message, host=policy.spec.host))
+
+    # --- recovery ------------------------------------------------------------------------------------
+    def recover_policy(self, key: str, policy: BackupPolicy) -> None:
+        """Once per process and policy, with the policy's lock held: undo what a killed dockvault left of its jobs."""
+        with self._guard:
+            if key in self._recovered:
+                return
+            self._recovered.add(key)
+        entries = [entry for entry in self.state.halted_containers() if entry.policy in (key, None)]
+        if entries:
+            resumed = recover_halted(self.engine, entries, self.state, now=self.clock())
+            if resumed:
+                log.warning("resumed container(s) a stopped dockvault had left quiesced: %s", ", ".join(resumed))
+        removed = self.engine.remove_leftovers(policy=policy.name)
+        if removed:
+            log.warning("policy %s: removed leftovers of an interrupted job: %s", key, ", ".join(removed))
+        for path in repository_for(policy).clean_temporaries(policy.name):
+            log.warning("policy %s: removed incomplete backup data %s", key, path)
+        last = self.state.last_attempt(key)
+        if last is not None and last.phase == "Running":
+            self.state.record_attempt(key, Attempt(last.backup_id, "Failed", last.started_at, self.clock(), None,
+                                                   "interrupted: dockvault stopped during the backup", last.trigger,
+                                                   jobs.TEMPORARY, last.attempt))
+            self.state.forget_attempt(key, "pending")
+        for request, spec_hash, policy_key, status in self.state.interrupted_restores():
+            if policy_key != key:
+                continue
+            done = repository_for(policy).restore_outcome(request.rsplit("/", 1)[-1], spec_hash)
+            self.state.record_restore(request, spec_hash, key, done or status.model_copy(update={
+                "phase": "Failed", "completed_at": self.clock(),
+                "message": "interrupted: dockvault stopped during the restore; change the spec to run it again"}))
+
+    def recover(self, resources: Resources) -> list[str]:
+        """Start-up recovery of every policy whose lock is free; returns the keys of busy ones (left alone)."""
+        busy = []
+        for key, policy in sorted(resources.policies.items()):
+            lease = self.locks.try_acquire(key, "start-up recovery")
+            if lease is None:
+                busy.append(key)
+                log.info("policy %s: a job of another process is running; its recovery is left to that process", key)
+                continue
+            with lease:
+                self.recover_policy(key, policy)
+        return busy
+
+    # --- metrics facts ---------------------------------------------------------------------------------
+    def refresh(self, key: str, policy: BackupPolicy | None) -> None:
+        """Recompute what the exporter reports of one policy (None: forget it); scrapes never touch disk or state."""
+        if policy is None:
+            with self._guard:
+                self._facts.pop(key, None)
+            return
+        try:
+            drill = self.state.last_successful_drill(key)
+            verified_at = None
+            if drill is not None and drill.started_at:
+                started = datetime.fromisoformat(drill.started_at.replace("Z", "+00:00"))
+                verified_at = started.timestamp() + (drill.duration_seconds or 0)
+            facts = facts_for(policy, repository_for(policy).backups(policy.name), last=self.state.last_attempt(key),
+                              measured=self.state.last_measurement(key), verified_at=verified_at)
+        except Exception:  # noqa: BLE001 - keep the last facts; the next refresh tries again
+            log.exception("policy %s: cannot refresh its metrics", key)
+            return
+        with self._guard:
+            self._facts[key] = facts
+
+    def refresh_all(self, resources: Resources) -> None:
+        for key, policy in resources.policies.items():
+            self.refresh(key, policy)
+        with self._guard:
+            for key in set(self._facts) - set(resources.policies):
+                del self._facts[key]
+
+    def facts(self) -> list[PolicyFacts]:
+        with self._guard:
+            return [self._facts[key] for key in sorted(self._facts)]
+
+    # --- shutting down -------------------------------------------------------------------------------
+    def shutdown(self, *, notify_timeout: float = 10) -> None:
+        self.cancel.set()
+        self.pool.shutdown(wait=True)
+        self.notifier.flush(notify_timeout)
+
+
+@contextlib.contextmanager
+def leased(locks: JobLocks, key: str, what: str, *, wait: float) -> Iterator[Lease]:
+    lease = locks.acquire(key, what, timeout=wait)
+    with lease:
+        yield lease

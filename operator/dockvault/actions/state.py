@@ -1,0 +1,68 @@
+"""What the job runner remembers between jobs, behind one small interface with one implementation per front end.
+
+Standalone mode keeps it in SQLite (frontends/state.py); Kubernetes mode in the resources' status and
+Backup resources (frontends/kubestate.py). Either way it is a cache of the repository, never the truth:
+successful backups are read back from manifests, restore outcomes are also saved beside the backups.
+Policies and requests are named by key: their name, or namespace/name in Kubernetes mode.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from ..api.policy import Verification
+from ..api.restore import RestoreRequestStatus
+from ..controller.status import Attempt, Measurement
+from ..engine.core import ContainerRef
+from ..engine.quiesce import Halted
+
+
+class State(Protocol):
+    # --- backups ---------------------------------------------------------------------------------
+    def last_attempt(self, policy: str) -> Attempt | None: ...
+
+    def record_attempt(self, policy: str, attempt: Attempt) -> None:
+        """Remember a run (Running, then its outcome; one backup id keeps one row)."""
+
+    def forget_attempt(self, policy: str, backup_id: str) -> None: ...
+
+    # --- drills and measured restores --------------------------------------------------------------
+    def last_drill(self, policy: str) -> Verification | None: ...
+
+    def last_successful_drill(self, policy: str) -> Verification | None: ...
+
+    def record_drill(self, policy: str, started_at: datetime, verification: Verification) -> None: ...
+
+    def last_measurement(self, policy: str) -> Measurement | None:
+        """The newest successful restore or drill of the policy: the RTO last achieved."""
+
+    # --- restores -----------------------------------------------------------------------------------
+    def restore_status(self, request: str, spec_hash: str) -> RestoreRequestStatus | None: ...
+
+    def record_restore(self, request: str, spec_hash: str, policy: str, status: RestoreRequestStatus) -> None: ...
+
+    def interrupted_restores(self) -> list[tuple[str, str, str, RestoreRequestStatus]]:
+        """(request, spec hash, policy, status) of restores left Running by a killed dockvault."""
+
+    # --- the quiesce journal ------------------------------------------------------------------------
+    def halted(self, policy: str, ref: ContainerRef, mode: str) -> None:
+        """Durably note, before the engine is asked, that a job of `policy` pauses or stops `ref`."""
+
+    def resumed(self, ref: ContainerRef) -> None: ...
+
+    def halted_containers(self) -> list[Halted]: ...
+
+
+class PolicyJournal:
+    """The quiesce journal of one policy's job, as engine.quiesce wants it."""
+
+    def __init__(self, state: State, policy: str) -> None:
+        self._state = state
+        self._policy = policy
+
+    def halted(self, ref: ContainerRef, mode: str) -> None:
+        self._state.halted(self._policy, ref, mode)
+
+    def resumed(self, ref: ContainerRef) -> None:
+        self._state.resumed(ref)
