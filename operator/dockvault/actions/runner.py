@@ -188,8 +188,8 @@ class JobRunner:
     def execute(self, job: Job, resources: Resources, *, progress: Progress | None = None) -> JobResult:
         """Run `job` now (the caller holds its policy's lock); record, count, notify and report the outcome."""
         policy = resources.policies[job.policy]
-        self.recover_policy(job.policy, policy)
         try:
+            self.recover_policy(job.policy, policy)
             with self.job_context(job.policy):
                 if job.kind == "backup":
                     result = self._backup(job, policy, progress)
@@ -319,7 +319,6 @@ class JobRunner:
         with self._guard:
             if key in self._recovered:
                 return
-            self._recovered.add(key)
         entries = [entry for entry in self.state.halted_containers() if entry.policy in (key, None)]
         if entries:
             resumed = recover_halted(self.engine, entries, self.state, now=self.clock())
@@ -343,15 +342,21 @@ class JobRunner:
             self.state.record_restore(request, spec_hash, key, done or status.model_copy(update={
                 "phase": "Failed", "completed_at": self.clock(),
                 "message": "interrupted: dockvault stopped during the restore; change the spec to run it again"}))
+        with self._guard:
+            self._recovered.add(key)  # only once it all worked: a failed recovery is tried again
 
     def recover(self, resources: Resources) -> list[str]:
         """Start-up recovery of every policy whose lock is free; returns the keys of busy ones (left alone)."""
         busy = []
         for key, policy in sorted(resources.policies.items()):
+            with self._guard:
+                if key in self._recovered:
+                    continue
             lease = self.locks.try_acquire(key, "start-up recovery")
             if lease is None:
                 busy.append(key)
-                log.info("policy %s: a job of another process is running; its recovery is left to that process", key)
+                log.info("policy %s: another job holds its lock (%s); recovery waits for the policy's next job", key,
+                         self.locks.holder(key) or "unknown")
                 continue
             with lease:
                 self.recover_policy(key, policy)
