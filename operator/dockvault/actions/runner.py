@@ -17,7 +17,7 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +27,7 @@ from ..api.policy import BackupPolicy, Verification
 from ..api.restore import RestoreRequest, RestoreRequestStatus
 from ..controller import jobs
 from ..controller.jobs import Job
-from ..controller.status import Attempt, iso
+from ..controller.status import Attempt, iso, parse_time
 from ..credentials import mask
 from ..engine.core import Engine, is_temporary
 from ..engine.quiesce import recover_halted
@@ -99,6 +99,7 @@ class JobRunner:
         self.pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="job")
         self._guard = threading.Lock()
         self._facts: dict[str, PolicyFacts] = {}
+        self._listings: dict[str, tuple[datetime | None, bool]] = {}  # newest good backup's start, any good backup
         self._recovered: set[str] = set()
 
     @property
@@ -109,16 +110,26 @@ class JobRunner:
             return self._engine
 
     # --- planning ----------------------------------------------------------------------------------
-    def history(self, key: str, policy: BackupPolicy, backups: list[Backup] | None = None) -> jobs.History:
-        backups = repository_for(policy).backups(policy.name) if backups is None else backups
+    def _remember_listing(self, key: str, backups: list[Backup]) -> tuple[datetime | None, bool]:
         good = [b for b in backups if b.succeeded]
+        listing = (max((b.status.started_at for b in good), default=None), bool(good))
+        with self._guard:
+            self._listings[key] = listing
+        return listing
+
+    def history(self, key: str, policy: BackupPolicy) -> jobs.History:
+        """What planning needs of a policy. The repository part comes from the last `refresh` (after every job and
+        on each of the front end's refreshes), so a tick does not read every manifest again."""
+        with self._guard:
+            listing = self._listings.get(key)
+        if listing is None:
+            listing = self._remember_listing(key, repository_for(policy).backups(policy.name))
         drill = self.state.last_drill(key)
         return jobs.History(
             last_attempt=self.state.last_attempt(key),
-            newest_backup_started=max((b.status.started_at for b in good), default=None),
-            last_drill=datetime.fromisoformat(drill.started_at.replace("Z", "+00:00")) if drill and drill.started_at
-            else None,
-            has_backup=bool(good),
+            newest_backup_started=listing[0],
+            last_drill=parse_time(drill.started_at) if drill else None,
+            has_backup=listing[1],
         )
 
     def restore_pending(self, key: str, request: RestoreRequest, policy_key: str, policy: BackupPolicy) -> bool:
@@ -368,14 +379,15 @@ class JobRunner:
         if policy is None:
             with self._guard:
                 self._facts.pop(key, None)
+                self._listings.pop(key, None)
             return
         try:
             drill = self.state.last_successful_drill(key)
-            verified_at = None
-            if drill is not None and drill.started_at:
-                started = datetime.fromisoformat(drill.started_at.replace("Z", "+00:00"))
-                verified_at = started.timestamp() + (drill.duration_seconds or 0)
-            facts = facts_for(policy, repository_for(policy).backups(policy.name), last=self.state.last_attempt(key),
+            started = parse_time(drill.started_at) if drill else None
+            verified_at = started.timestamp() + (drill.duration_seconds or 0) if drill and started else None
+            backups = repository_for(policy).backups(policy.name)
+            self._remember_listing(key, backups)
+            facts = facts_for(policy, backups, last=self.state.last_attempt(key),
                               measured=self.state.last_measurement(key), verified_at=verified_at)
         except Exception:  # noqa: BLE001 - keep the last facts; the next refresh tries again
             log.exception("policy %s: cannot refresh its metrics", key)
@@ -389,6 +401,7 @@ class JobRunner:
         with self._guard:
             for key in set(self._facts) - set(resources.policies):
                 del self._facts[key]
+                self._listings.pop(key, None)
 
     def facts(self) -> list[PolicyFacts]:
         with self._guard:
@@ -400,9 +413,3 @@ class JobRunner:
         self.pool.shutdown(wait=True)
         self.notifier.flush(notify_timeout)
 
-
-@contextlib.contextmanager
-def leased(locks: JobLocks, key: str, what: str, *, wait: float) -> Iterator[Lease]:
-    lease = locks.acquire(key, what, timeout=wait)
-    with lease:
-        yield lease

@@ -20,7 +20,7 @@ from ..api.common import API_VERSION, Condition
 from ..api.loader import parse_document
 from ..api.policy import BackupPolicy, BackupPolicyStatus, Verification
 from ..api.restore import RestoreRequest, RestoreRequestStatus
-from .status import Attempt, Measurement, iso, policy_status, with_transitions
+from .status import Attempt, Measurement, iso, parse_time, policy_status, with_transitions
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,6 @@ TERMINAL = ("Succeeded", "Failed")
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def plain(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,11 +117,6 @@ def last_attempt_of(status: BackupPolicyStatus) -> Attempt | None:
         return None
     return Attempt(ref.id, ref.phase, started, parse_time(ref.completed_at), ref.bytes, ref.message,
                    error=ref.error, attempt=ref.attempt or 1, next_retry_at=parse_time(ref.next_retry_at))
-
-
-def attempt_of(record: Backup) -> Attempt:
-    st = record.status
-    return Attempt(record.id, st.phase, st.started_at, st.completed_at, st.bytes, st.message, record.spec.trigger)
 
 
 def measurement_of(status: BackupPolicyStatus) -> Measurement | None:

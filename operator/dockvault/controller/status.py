@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ..api.backup import Backup
 from ..api.common import Condition, format_duration
@@ -37,6 +38,17 @@ class Attempt:
 def iso(value: datetime | None) -> str | None:
     """A UTC time as status fields show it: ISO 8601 with Z."""
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def parse_time(value: Any) -> datetime | None:
+    """The inverse of `iso`, lenient: None for an empty or unreadable value; a naive time is taken as UTC."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _ref(backup: Backup) -> BackupRef:

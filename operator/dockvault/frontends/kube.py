@@ -297,10 +297,6 @@ class Runtime:
                 wanted[rkey] = (request, key)
         return Resources({key: policy}, wanted)
 
-    def dispatch(self, resources: Resources) -> None:
-        """Start what is due; job threads inherit this handler's kopf context, so they can post events."""
-        self.runner.dispatch(resources)
-
 
 def sync_backup_resources(rt: Runtime, body: Mapping[str, Any]) -> None:
     """Make the policy's Backup resources match its repository (after downtime, or a policy created anew)."""
@@ -329,12 +325,12 @@ def reconcile_policy(rt: Runtime, body: Mapping[str, Any], restores: Mapping[Any
         return policy_patch(body, [], None, now_utc())
     rt.remember(key, body)
     rt.state.observe_policy(key, body)
-    if run_jobs:
+    rt.runner.refresh(key, policy)
+    if run_jobs:  # job threads inherit this handler's kopf context, so they can post events
         resources = rt.resources(meta.get("namespace"), meta.get("name"), restores)
         with secret_reader(rt.api.secret_reader(meta.get("namespace"))):
             rt.runner.recover(Resources({key: policy}))
-        rt.dispatch(resources)
-    rt.runner.refresh(key, policy)
+        rt.runner.dispatch(resources)
     return rt.policy_status(key, body)
 
 
@@ -364,7 +360,7 @@ def handle_restore(rt: Runtime, body: Mapping[str, Any], policies: Mapping[Any, 
     key = key_of(namespace, request.spec.policy)
     rt.remember(key, policy_body)
     rt.state.observe_policy(key, policy_body)
-    rt.dispatch(rt.resources(namespace, request.spec.policy, restores))
+    rt.runner.dispatch(rt.resources(namespace, request.spec.policy, restores))
 
 
 def build_registry(rt: Runtime) -> kopf.OperatorRegistry:

@@ -16,15 +16,8 @@ from typing import Any
 
 from ..api.policy import QuiescedContainer, Verification
 from ..api.restore import RestoreRequestStatus
-from ..controller.resources import (
-    last_attempt_of,
-    measurement_of,
-    parse_time,
-    plain,
-    previous_status,
-    restore_patch,
-)
-from ..controller.status import Attempt, Measurement, iso
+from ..controller.resources import last_attempt_of, measurement_of, plain, previous_status, restore_patch
+from ..controller.status import Attempt, Measurement, iso, parse_time
 from ..engine.core import ContainerRef
 from ..engine.quiesce import Halted
 

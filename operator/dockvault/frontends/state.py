@@ -111,11 +111,6 @@ class StateStore:
                          "ORDER BY started_at DESC, backup_id DESC LIMIT 1", (policy,))
         return self._attempt(rows[0]) if rows else None
 
-    def last_success(self, policy: str) -> Attempt | None:
-        rows = self._run(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE policy=? AND phase='Succeeded' "
-                         "ORDER BY started_at DESC LIMIT 1", (policy,))
-        return self._attempt(rows[0]) if rows else None
-
     def attempts(self, policy: str) -> list[tuple[str, str, str, str | None]]:
         return self._run("SELECT backup_id, phase, started_at, message FROM attempts WHERE policy=? ORDER BY started_at",
                          (policy,))
