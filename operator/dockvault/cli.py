@@ -191,6 +191,8 @@ def kube(
     peering: Annotated[bool, typer.Option("--peering/--no-peering", help="one active instance per host")] = True,
     helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
     metrics_addr: MetricsAddr = "127.0.0.1:9477",
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="seconds between two looks at each "
+                                                                        "policy's schedule")] = 15.0,
     verbose: bool = False,
 ) -> None:
     """Kubernetes mode: reconcile BackupPolicy, RestoreRequest and Backup resources with kopf."""
@@ -203,7 +205,7 @@ def kube(
     server = _serve_metrics(metrics_addr, registry)
     try:
         run_operator(host=host, namespaces=namespace or None, helper_image=helper_image, peering=peering,
-                     registry=registry)
+                     registry=registry, interval=interval)
     finally:
         if server is not None:
             server.stop()

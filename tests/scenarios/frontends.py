@@ -8,6 +8,10 @@ Kubernetes API server on the test machine; everything else, jobs and engine incl
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +34,7 @@ class Standalone:
         from dockvault.metrics import DockvaultMetrics
         from dockvault.engine.core import Engine
 
+        self.helper_image = helper_image
         self.config = tmp_path / "config"
         self.config.mkdir()
         self.state = StateStore(tmp_path / "state")
@@ -49,10 +54,16 @@ class Standalone:
                                         daemon=True)
         self._thread.start()
 
+    def spawn(self) -> subprocess.Popen:
+        """`dockvault run` in a process of its own, as a service manager starts it."""
+        return _spawn("run", "--config-dir", str(self.config), "--state-dir", str(self.state.directory),
+                      "--helper-image", self.helper_image, log=self.config.parent / "run.log")
+
     def policy_status(self, name: str) -> dict[str, Any]:
         from dockvault.cli import _status
+        from dockvault.frontends.standalone import load_config
 
-        policy = self.controller.config.policy(name)
+        policy = load_config(self.config).policy(name)  # read from the files: the service may be another process
         return _status(policy, self.state, datetime.now(UTC)).to_dict() if policy else {}
 
     def restore_status(self, name: str) -> dict[str, Any]:
@@ -116,6 +127,11 @@ class Kube:
 
         self._call(begin())
 
+    def spawn(self) -> subprocess.Popen:
+        """`dockvault kube` in a process of its own, as in its pod, against the same KMock server."""
+        return _spawn("kube", "--no-peering", "--interval", "0.5", "--helper-image", self.helper_image,
+                      log=self.tmp_path / "kube.log")
+
     def _current(self, plural: str, name: str) -> dict[str, Any]:
         from tests.integration.test_kube_kmock import current
 
@@ -156,6 +172,28 @@ class Kube:
 
 
 FRONTENDS = {"standalone": Standalone, "kube": Kube}
+
+
+def _spawn(*args: str, log: Path) -> subprocess.Popen:
+    """The front end as a process (with its own process group, so a kill takes it whole, as a pod's end does)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "dockvault", *args, "--metrics-addr", "off"],
+                                stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL, as the OOM killer or a node failure deals it: no handler runs."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            kill(process)
 
 
 def eventually(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:

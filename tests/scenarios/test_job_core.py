@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.scenarios.frontends import FRONTENDS, condition, eventually
-from tests.treecheck import populate_volume, snapshot_volume
+from tests.scenarios.frontends import FRONTENDS, condition, eventually, kill, stop
+from tests.treecheck import APP_LOOP, populate_volume, snapshot_volume
 
 pytestmark = pytest.mark.docker
 
@@ -176,3 +176,42 @@ def test_a_temporary_failure_is_retried_long_before_the_next_slot(frontend, dock
         assert sample(frontend, "dockvault_backup_retries_total", "shop") >= 1
     finally:
         server.remove(volume=True)
+
+
+def test_sigkill_during_a_quiesced_backup_is_repaired_by_the_next_start(frontend, docker_client, volumes, repo_dir,
+                                                                      test_image, unique):
+    """The front end runs as a process (as a service or a pod) and is killed mid-archive while the application is
+    stopped; the next start resumes the application, removes the helper and the temporaries, and backs up."""
+    source = volumes("core-kill")
+    populate_volume(docker_client, source, megabytes=150)
+    app = docker_client.containers.run(test_image, ["sh", "-c", APP_LOOP], name=unique("core-kill-app"), detach=True,
+                                       network_mode="none", volumes={source: {"bind": "/data", "mode": "rw"}})
+    try:
+        frontend.apply(policy_doc("killed", [{"name": "media", "volume": {"name": source, "quiesce": "stop"}}],
+                                  repo_dir))
+        first = frontend.spawn()
+        try:
+            eventually("a helper archiving while the application is stopped", lambda: (
+                docker_client.containers.list(filters={"label": "dockvault.io/job"})
+                and docker_client.containers.get(app.id).status == "exited"), timeout=90)
+        finally:
+            kill(first)
+        assert docker_client.containers.get(app.id).status == "exited"  # left stopped by the killed process
+
+        second = frontend.spawn()
+        try:
+            eventually("the application running again", lambda: docker_client.containers.get(app.id).status == "running")
+            done = eventually("a backup by the new process", lambda: (
+                (s := frontend.policy_status("killed")) and condition(s, "Ready").get("status") == "True" and s),
+                timeout=120)
+            eventually("no helper left", lambda: not docker_client.containers.list(
+                all=True, filters={"label": "dockvault.io/job"}))
+        finally:
+            stop(second)
+        assert done["lastBackup"]["phase"] == "Succeeded"
+        assert docker_client.containers.get(app.id).status == "running"
+        folders = sorted((repo_dir / "killed").iterdir())
+        assert [f.name for f in folders] == [done["lastBackup"]["id"]]  # the interrupted one left no folder
+        assert (folders[0] / "manifest.json").exists() and not list(repo_dir.rglob("*.dvtmp"))
+    finally:
+        app.remove(force=True)

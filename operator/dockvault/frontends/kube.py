@@ -486,7 +486,8 @@ def run_operator(
     stop_flag: Any = None,
     registry: CollectorRegistry | None = None,
     max_parallel: int = 2,
+    interval: float = DEFAULT_INTERVAL,
 ) -> None:
     """Serve BackupPolicies, RestoreRequests and Backups of Docker host `host` until stopped (`dockvault kube`)."""
     asyncio.run(operator(host=host, namespaces=namespaces, helper_image=helper_image, peering=peering,
-                         stop_flag=stop_flag, registry=registry, max_parallel=max_parallel))
+                         stop_flag=stop_flag, registry=registry, max_parallel=max_parallel, interval=interval))
