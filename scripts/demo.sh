@@ -66,7 +66,7 @@ else
 fi
 
 step "Restore drill: restore the newest backup into a scratch volume, compare every path, measure the RTO"
-dockvault verify demo
+dockvault drill demo
 
 step "Status"
 dockvault get policies
@@ -92,7 +92,7 @@ python3 - "$port" <<'PY'
 import sys, urllib.request
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 text = opener.open(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
-wanted = ("dockvault_rpo_seconds", "dockvault_rpo_target_seconds", "dockvault_rto_seconds", "dockvault_rto_target_seconds",
+wanted = ("dockvault_rpo_age_seconds", "dockvault_rpo_target_seconds", "dockvault_rto_seconds", "dockvault_rto_target_seconds",
           "dockvault_backup_last_success_timestamp_seconds", "dockvault_repository_backups")
 print("\n".join(line for line in text.splitlines() if line.startswith(wanted)))
 PY

@@ -123,6 +123,8 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="YAML files or dir
     result = load_paths(paths)
     for error in result.errors:
         out.print(str(error), highlight=False, markup=False)
+    for warning in result.warnings:
+        err.print(f"warning: {warning}", highlight=False, markup=False)
     for item in result.items:
         err.print(f"{item.file}: {item.resource.kind} {item.resource.metadata.name}: ok", highlight=False, markup=False)
     if result.errors:
@@ -300,7 +302,7 @@ def backup(
 
 
 @app.command()
-def verify(
+def drill(
     policy_name: Annotated[str, typer.Argument(metavar="POLICY")],
     config_dir: ConfigDir,
     state_dir: StateDir = Path(_default_state_dir()),
@@ -315,12 +317,25 @@ def verify(
         result = controller.runner.drill_now(policy.name, policy)
     if result.drill is None:
         raise _fail(f"drill of {policy.name} failed: {result.message}")
-    v = result.drill.verification
+    v = result.drill.drill
     if not result.succeeded:
         raise _fail(f"drill of {policy.name} (backup {v.backup}) failed after {v.duration_seconds:.1f}s: {v.message}")
     out.print(f"drill of {policy.name} succeeded: backup {v.backup} restored and checked in {v.duration_seconds:.1f}s "
               f"(measured RTO)", highlight=False)
     out.print(f"  {v.message}", highlight=False, markup=False)
+
+
+@app.command(hidden=True, deprecated=True)
+def verify(
+    policy_name: Annotated[str, typer.Argument(metavar="POLICY")],
+    config_dir: ConfigDir,
+    state_dir: StateDir = Path(_default_state_dir()),
+    helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
+    wait: Wait = 0,
+) -> None:
+    """Deprecated name of `dockvault drill`."""
+    err.print("warning: `dockvault verify` is deprecated; use `dockvault drill`", highlight=False)
+    drill(policy_name, config_dir, state_dir, helper_image, wait)
 
 
 def _emit(rows: list[dict], columns: list[str], output: str) -> None:
@@ -346,7 +361,7 @@ def _status(policy: BackupPolicy, state: StateStore, now: datetime) -> BackupPol
     """The policy's status now; conditions are remembered so their lastTransitionTime holds still."""
     status = policy_status(policy, repository_for(policy).backups(policy.name), state.last_attempt(policy.name),
                            now=now, measured=state.last_measurement(policy.name),
-                           verification=state.last_drill(policy.name), previous=state.conditions(policy.name))
+                           drill=state.last_drill(policy.name), previous=state.conditions(policy.name))
     state.save_conditions(policy.name, status.conditions)
     return status
 

@@ -5,11 +5,14 @@ manifests and the state store), so the RPO age moves with the clock and is right
 without any ticking loop. Everything lives on a registry passed in, never the process-global one, so tests and
 several operators in one process do not share state.
 
-Series that have no value are left out rather than exported as 0 or NaN: `dockvault_rpo_seconds` and
+Series that have no value are left out rather than exported as 0 or NaN: `dockvault_rpo_age_seconds` and
 `dockvault_backup_last_success_timestamp_seconds` are absent until a policy has a successful backup, and
 `dockvault_backup_last_status` until it has been attempted. Alerts must treat the missing series as the worst
-case, for example with `dockvault_repository_backups unless on (policy, host) dockvault_rpo_seconds` (policies
-without any good backup) next to `dockvault_rpo_seconds > on (policy, host) dockvault_rpo_target_seconds`.
+case, for example with `dockvault_repository_backups unless on (policy, host) dockvault_rpo_age_seconds` (policies
+without any good backup) next to `dockvault_rpo_age_seconds > on (policy, host) dockvault_rpo_target_seconds`.
+
+Old names keep working as deprecated copies of the new series (DEPRECATED_GAUGES), so dashboards and alerts
+written for them do not break; README "Deprecated names" lists them.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ PREFIX = "dockvault_"
 POLICY_LABELS = ("policy", "host")
 # From a one-second volume archive to a six-hour database dump.
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+# deprecated name -> the gauge it copies
+DEPRECATED_GAUGES = {
+    "rpo_seconds": "rpo_age_seconds",
+    "verify_last_success_timestamp_seconds": "drill_last_success_timestamp_seconds",
+}
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class PolicyFacts:
     repository_backups: int  # complete backups kept in the repository
     target_sizes: Mapping[str, int]  # target -> stored bytes in the newest successful backup
     rto_seconds: float | None  # last measured restore/drill duration
-    verify_last_success_timestamp: float | None
+    drill_last_success_timestamp: float | None  # unix seconds: completion of the last successful restore drill
 
 
 class DockvaultMetrics:
@@ -179,12 +187,15 @@ class FactsCollector(Collector):
                 gauge("backup_size_bytes", facts, size, target)
             gauge("rpo_target_seconds", facts, facts.rpo_target_seconds)
             # A clock stepped back must not make the newest backup look younger than brand new.
-            gauge("rpo_seconds", facts, None if last_success is None else max(0.0, now - last_success))
+            gauge("rpo_age_seconds", facts, None if last_success is None else max(0.0, now - last_success))
             gauge("rto_target_seconds", facts, facts.rto_target_seconds)
             gauge("rto_seconds", facts, facts.rto_seconds)
-            gauge("verify_last_success_timestamp_seconds", facts, facts.verify_last_success_timestamp)
+            gauge("drill_last_success_timestamp_seconds", facts, facts.drill_last_success_timestamp)
             gauge("repository_backups", facts, facts.repository_backups)
         by_name[PREFIX + "policies"].add_metric([], len(seen))
+        for old, new in DEPRECATED_GAUGES.items():
+            for sample in by_name[PREFIX + new].samples:
+                by_name[PREFIX + old].add_metric([sample.labels[label] for label in POLICY_LABELS], sample.value)
         return families
 
     def _record_error(self, exc: Exception) -> None:
@@ -226,20 +237,22 @@ class FactsCollector(Collector):
             family("backup_last_status", "1 if the last backup attempt succeeded, 0 if it failed."),
             family("backup_size_bytes", "Bytes stored for the target in the newest good backup.", per_target=True),
             family("rpo_target_seconds", "Recovery point objective of the policy in seconds."),
-            family("rpo_seconds", "Age in seconds of the newest successful backup (data that a loss now would cost)."),
+            family("rpo_age_seconds",
+                   "Age in seconds of the newest successful backup (data that a loss now would cost)."),
             family("rto_target_seconds", "Recovery time objective of the policy in seconds."),
             family("rto_seconds", "Duration in seconds of the last measured restore or restore drill."),
             family(
-                "verify_last_success_timestamp_seconds",
+                "drill_last_success_timestamp_seconds",
                 "Unix time in seconds when the last successful restore drill completed.",
             ),
             family("repository_backups", "Complete backups kept in the repository."),
             GaugeMetricFamily(PREFIX + "policies", "Backup policies known to this operator."),
+            *(family(old, f"Deprecated: the same as {PREFIX}{new}.") for old, new in DEPRECATED_GAUGES.items()),
         ]
 
 
 def facts_for(policy: BackupPolicy, backups: Sequence[Backup], *, last: Attempt | None, measured: Measurement | None,
-              verified_at: float | None) -> PolicyFacts:
+              drilled_at: float | None) -> PolicyFacts:
     """A policy's facts from its spec, its repository and what the front end remembers of its runs."""
     good = [b for b in backups if b.succeeded]
     newest = max(good, key=lambda b: b.status.completed_at, default=None)
@@ -258,5 +271,5 @@ def facts_for(policy: BackupPolicy, backups: Sequence[Backup], *, last: Attempt 
         repository_backups=len(good),
         target_sizes=sizes,
         rto_seconds=measured.seconds if measured else None,
-        verify_last_success_timestamp=verified_at,
+        drill_last_success_timestamp=drilled_at,
     )

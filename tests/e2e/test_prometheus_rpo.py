@@ -72,7 +72,7 @@ def test_rpo_alert_fires_when_overdue_and_resolves_after_a_backup(promtool_or_sk
         "apiVersion": "dockvault.io/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "rpo-demo"},
         "spec": {"objectives": {"rpo": "12s", "rto": "30m"}, "targets": [{"name": "data", "volume": {"name": volume}}],
                  "storage": {"local": {"path": str(repo_dir)}},
-                 "verify": {"schedule": "0 5 * * 0"}}}))  # never drilled yet: the daemon drills at once
+                 "drill": {"schedule": "0 5 * * 0"}}}))  # never drilled yet: the daemon drills at once
     dockvault("backup", "rpo-demo", env=cli_env)
 
     rules = yaml.safe_load(RULES.read_text())
@@ -115,14 +115,14 @@ def test_rpo_alert_fires_when_overdue_and_resolves_after_a_backup(promtool_or_sk
         assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
         manifest = json.loads(next(repo_dir.glob("rpo-demo/*/manifest.json")).read_text())
         completed = manifest["status"]["completedAt"].replace("Z", "+00:00")
-        sample = wait_for(lambda: query('dockvault_rpo_seconds{policy="rpo-demo"}'), "dockvault_rpo_seconds")[0]
+        sample = wait_for(lambda: query('dockvault_rpo_age_seconds{policy="rpo-demo"}'), "dockvault_rpo_age_seconds")[0]
         age = float(sample["value"][0]) - datetime.fromisoformat(completed).timestamp()
         assert abs(float(sample["value"][1]) - age) < 2.5, (sample, age)  # the exported age is the backup's age
 
         # the scheduled drill's measured RTO reaches Prometheus
         rto = wait_for(lambda: query('dockvault_rto_seconds{policy="rpo-demo"}'), "the drill's measured RTO")
         assert 0 < float(rto[0]["value"][1]) < 1800
-        assert wait_for(lambda: query('dockvault_verify_last_success_timestamp_seconds{policy="rpo-demo"}'), "drill time")
+        assert wait_for(lambda: query('dockvault_drill_last_success_timestamp_seconds{policy="rpo-demo"}'), "drill time")
 
         wait_for(lambda: alert_state("DockvaultRPOBreached") == "firing", "the RPO alert to fire")
         firing = [a for a in get_json(f"{api}/alerts")["data"]["alerts"]
@@ -131,7 +131,7 @@ def test_rpo_alert_fires_when_overdue_and_resolves_after_a_backup(promtool_or_sk
 
         dockvault("backup", "rpo-demo", env=cli_env)  # a fresh backup, made by hand in another process
         wait_for(lambda: alert_state("DockvaultRPOBreached") is None, "the RPO alert to resolve")
-        fresh = float(query('dockvault_rpo_seconds{policy="rpo-demo"}')[0]["value"][1])
+        fresh = float(query('dockvault_rpo_age_seconds{policy="rpo-demo"}')[0]["value"][1])
         assert fresh < 12
         assert float(query('dockvault_repository_backups{policy="rpo-demo"}')[0]["value"][1]) == 2
         assert alert_state("DockvaultRTOBreached") is None and alert_state("DockvaultRestoreDrillFailing") is None

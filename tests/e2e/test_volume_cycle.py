@@ -99,7 +99,7 @@ def test_one_pass_runs_every_due_job_of_a_policy_one_after_another(docker_client
     populate_volume(docker_client, volume, megabytes=2)
     before = snapshot_volume(docker_client, volume)
     config = Path(cli_env["DOCKVAULT_CONFIG_DIR"])
-    write_policy(config, name="busy", volume=volume, repo=repo_dir, extra='  verify: {schedule: "0 5 * * 0"}\n  objectives: {rto: 30m}\n')
+    write_policy(config, name="busy", volume=volume, repo=repo_dir, extra='  verify: {schedule: "0 5 * * 0"}\n  objectives: {rto: 30m}\n')  # verify: drill's deprecated alias
     dockvault("backup", "busy", env=cli_env)
     docker_client.volumes.get(volume).remove()
     write_restore(config, name="busy-restore", policy="busy", volume=volume)
@@ -108,6 +108,7 @@ def test_one_pass_runs_every_due_job_of_a_policy_one_after_another(docker_client
     assert "drill busy of backup" in result.stderr and "restore busy-restore succeeded" in result.stderr
     assert snapshot_volume(docker_client, volume) == before
     (row,) = json.loads(dockvault("get", "policies", "-o", "json", env=cli_env).stdout)
-    assert row["status"]["lastVerification"]["result"] == "Succeeded"
+    assert row["status"]["lastDrill"]["phase"] == "Succeeded"
+    assert row["status"]["lastVerification"]["result"] == "Succeeded"  # the deprecated copy is still written
     assert row["status"]["measuredRto"]["source"] in ("drill", "restore")
     assert {c["type"]: c["status"] for c in row["status"]["conditions"]}["RTOMet"] == "True"

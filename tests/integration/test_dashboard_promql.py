@@ -76,7 +76,7 @@ class FakePolicy:
     last_status: int | None
     repository_backups: int
     rto_seconds: float | None
-    verify_age: float | None
+    drill_age: float | None
     backup_succeeds: bool | None = None
     restore_succeeds: bool | None = None
     retention_deletes: int = 0
@@ -94,7 +94,7 @@ def fake_policies() -> list[FakePolicy]:
             last_status=1,
             repository_backups=7,
             rto_seconds=420,
-            verify_age=2 * 86_400,
+            drill_age=2 * 86_400,
             backup_succeeds=True,
             restore_succeeds=True,
             retention_deletes=1,
@@ -110,11 +110,11 @@ def fake_policies() -> list[FakePolicy]:
             last_status=0,
             repository_backups=3,
             rto_seconds=900,
-            verify_age=10 * 86_400,
+            drill_age=10 * 86_400,
             backup_succeeds=False,
             restore_succeeds=False,
         ),
-        # Added recently: no successful backup (so no rpo_seconds), never ran, no drill.
+        # Added recently: no successful backup (so no rpo_age_seconds), never ran, no drill.
         FakePolicy(
             "legacy",
             "docker-2",
@@ -125,7 +125,7 @@ def fake_policies() -> list[FakePolicy]:
             last_status=None,
             repository_backups=0,
             rto_seconds=None,
-            verify_age=None,
+            drill_age=None,
         ),
     ]
 
@@ -214,7 +214,7 @@ class ExporterSource(MetricsSource):
                 repository_backups=p.repository_backups,
                 target_sizes=dict(p.target_sizes),
                 rto_seconds=p.rto_seconds,
-                verify_last_success_timestamp=self.timestamp(p.verify_age),
+                drill_last_success_timestamp=self.timestamp(p.drill_age),
             )
             for p in self.policies
         ]
@@ -308,12 +308,15 @@ class HandwrittenSource(MetricsSource):
             ],
         )
         gauge("dockvault_rpo_target_seconds", lambda p: p.rpo_target_seconds)
-        gauge("dockvault_rpo_seconds", lambda p: None if last_success[p.name] is None else now - last_success[p.name])
+        gauge("dockvault_rpo_age_seconds", lambda p: None if last_success[p.name] is None else now - last_success[p.name])
         gauge("dockvault_rto_target_seconds", lambda p: p.rto_target_seconds)
         gauge("dockvault_rto_seconds", lambda p: p.rto_seconds)
-        gauge("dockvault_verify_last_success_timestamp_seconds", lambda p: self.timestamp(p.verify_age))
+        gauge("dockvault_drill_last_success_timestamp_seconds", lambda p: self.timestamp(p.drill_age))
         gauge("dockvault_repository_backups", lambda p: p.repository_backups)
         family("dockvault_policies", "gauge", [("dockvault_policies", float(len(self.policies)))])
+        # deprecated copies (README "Deprecated names")
+        gauge("dockvault_rpo_seconds", lambda p: None if last_success[p.name] is None else now - last_success[p.name])
+        gauge("dockvault_verify_last_success_timestamp_seconds", lambda p: self.timestamp(p.drill_age))
         family("dockvault_build_info", "gauge", [('dockvault_build_info{version="0.0.0+test"}', 1.0)])
         family("dockvault_facts_errors", "counter", [("dockvault_facts_errors_total", 0.0)])
         counter("dockvault_backup_attempts", lambda c: c.attempts)
@@ -349,7 +352,8 @@ def test_handwritten_exposition_matches_the_exporter() -> None:
         _, body = source.scrape()
         return {
             (sample.name, tuple(sorted((k, v) for k, v in sample.labels.items() if k != "version"))): (
-                None if sample.name == "dockvault_rpo_seconds" else sample.value  # moves with the clock
+                None if sample.name in ("dockvault_rpo_age_seconds", "dockvault_rpo_seconds")  # move with the clock
+                else sample.value
             )
             for family in text_string_to_metric_families(body.decode())
             for sample in family.samples

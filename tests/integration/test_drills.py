@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dockvault.actions.backup import run_backup
-from dockvault.actions.verify import run_drill
+from dockvault.actions.drill import run_drill
 from dockvault.api import BackupPolicy
 from dockvault.engine.core import LABEL_DRILL, LABEL_JOB, Engine
 from dockvault.sources import volume as volume_source
@@ -22,7 +22,7 @@ def make_policy(repo: Path, targets: list[dict], checks: list[dict] | None = Non
     return BackupPolicy.model_validate({
         "apiVersion": "dockvault.io/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "drilled"},
         "spec": {"targets": targets, "storage": {"local": {"path": str(repo)}},
-                 "verify": {"schedule": "0 5 * * 0", "checks": checks or []}}})
+                 "drill": {"schedule": "0 5 * * 0", "checks": checks or []}}})
 
 
 def leftovers(client) -> list[str]:
@@ -37,9 +37,9 @@ def test_volume_drill_restores_compares_and_cleans_up(docker_client, engine, vol
     repo = LocalRepository(repo_dir)
     assert run_backup(pol, engine=engine, repository=repo).succeeded
     outcome = run_drill(pol, engine=engine, repository=repo)
-    assert outcome.succeeded, outcome.verification.message
-    assert "paths restored identical" in outcome.verification.message
-    assert outcome.seconds > 0 and outcome.verification.duration_seconds == outcome.seconds
+    assert outcome.succeeded, outcome.drill.message
+    assert "paths restored identical" in outcome.drill.message
+    assert outcome.seconds > 0 and outcome.drill.duration_seconds == outcome.seconds
     assert leftovers(docker_client) == []
 
 
@@ -55,8 +55,8 @@ def test_volume_drill_fails_when_the_restore_loses_a_file(docker_client, engine,
     assert broken != volume_source.RESTORE_SCRIPT
     monkeypatch.setattr(volume_source, "RESTORE_SCRIPT", broken)
     outcome = run_drill(pol, engine=engine, repository=repo)
-    assert outcome.verification.result == "Failed"
-    assert "target data: the restored volume differs from backup: empty-file: missing" in outcome.verification.message
+    assert outcome.drill.phase == "Failed"
+    assert "target data: the restored volume differs from backup: empty-file: missing" in outcome.drill.message
     assert leftovers(docker_client) == []
 
 
@@ -75,23 +75,23 @@ def test_postgres_drill_checks_row_counts_from_the_dump_snapshot(pg_server, pg_d
     assert dump.tables == {"public.items": 2500, "public.empty": 0, '"odd schema"."odd\ttable"': 1}
 
     outcome = run_drill(pol, engine=engine, repository=repo)
-    assert outcome.succeeded, outcome.verification.message
-    assert f"database {db} restored, 3 tables with matching row counts" in outcome.verification.message
+    assert outcome.succeeded, outcome.drill.message
+    assert f"database {db} restored, 3 tables with matching row counts" in outcome.drill.message
     assert leftovers(pg_server.container.client) == []
 
     failing = make_policy(repo_dir, pol.to_dict()["spec"]["targets"], [{"sql": "SELECT count(*) FROM items",
                                                                          "expect": ">2500"}])
     outcome = run_drill(failing, engine=engine, repository=repo)
-    assert outcome.verification.result == "Failed"
-    assert "check 'SELECT count(*) FROM items' returned 2500, expected >2500" in outcome.verification.message
+    assert outcome.drill.phase == "Failed"
+    assert "check 'SELECT count(*) FROM items' returned 2500, expected >2500" in outcome.drill.message
 
     manifest_path = repo_dir / "drilled" / backup.record.id / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["status"]["artifacts"][0]["tables"]["public.items"] = 2501  # the backup said there were more rows
     manifest_path.write_text(json.dumps(manifest))
     outcome = run_drill(pol, engine=engine, repository=repo)
-    assert outcome.verification.result == "Failed"
-    assert "public.items: 2500 rows, backup had 2501" in outcome.verification.message
+    assert outcome.drill.phase == "Failed"
+    assert "public.items: 2500 rows, backup had 2501" in outcome.drill.message
     assert leftovers(pg_server.container.client) == []
 
 
@@ -104,7 +104,7 @@ def test_mysql_drill_restores_into_a_scratch_server(maria_server, maria_database
     repo = LocalRepository(repo_dir)
     assert run_backup(pol, engine=engine, repository=repo).succeeded
     outcome = run_drill(pol, engine=engine, repository=repo)
-    assert outcome.succeeded, outcome.verification.message
+    assert outcome.succeeded, outcome.drill.message
     assert leftovers(maria_server.container.client) == []
 
 

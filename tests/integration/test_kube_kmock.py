@@ -189,7 +189,7 @@ def test_policy_backup_restore_edit_delete(docker_client, test_image, volumes, r
                 await eventually("the policy's metrics", lambda: registry.get_sample_value(
                     "dockvault_repository_backups", labels) == 1)
                 assert registry.get_sample_value("dockvault_backup_attempts_total", labels) >= 1
-                assert 0 <= registry.get_sample_value("dockvault_rpo_seconds", labels) < 600
+                assert 0 <= registry.get_sample_value("dockvault_rpo_age_seconds", labels) < 600
                 await eventually("a BackupSucceeded event", lambda: any(
                     e.get("reason") == "BackupSucceeded" and e["involvedObject"]["name"] == "media" for e in events(km)))
 

@@ -37,7 +37,7 @@ FACTS = (
         repository_backups=7,
         target_sizes={"db": 123_456, "media": 9_876_543_210},
         rto_seconds=412.5,
-        verify_last_success_timestamp=NOW - 86400,
+        drill_last_success_timestamp=NOW - 86400,
     ),
     PolicyFacts(
         policy="fresh",
@@ -50,7 +50,7 @@ FACTS = (
         repository_backups=0,
         target_sizes={},
         rto_seconds=None,
-        verify_last_success_timestamp=None,
+        drill_last_success_timestamp=None,
     ),
 )
 
@@ -59,11 +59,13 @@ EVERY_FAMILY = (
     "dockvault_backup_last_status",
     "dockvault_backup_size_bytes",
     "dockvault_rpo_target_seconds",
-    "dockvault_rpo_seconds",
+    "dockvault_rpo_age_seconds",
     "dockvault_rto_target_seconds",
     "dockvault_rto_seconds",
-    "dockvault_verify_last_success_timestamp_seconds",
+    "dockvault_drill_last_success_timestamp_seconds",
     "dockvault_repository_backups",
+    "dockvault_rpo_seconds",  # deprecated copies
+    "dockvault_verify_last_success_timestamp_seconds",
     "dockvault_policies",
     "dockvault_build_info",
     "dockvault_facts_errors_total",
@@ -136,7 +138,7 @@ def test_metrics_on_ipv4_loopback(serve):
     status, headers, body = get(f"http://127.0.0.1:{server.port}/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert 'dockvault_rpo_seconds{host="local",policy="myapp"} 3600.0' in body
+    assert 'dockvault_rpo_age_seconds{host="local",policy="myapp"} 3600.0' in body
     assert 'dockvault_backup_attempts_total{host="local",policy="myapp"} 2.0' in body
     assert f'dockvault_build_info{{version="{__version__}"}} 1.0' in body
 

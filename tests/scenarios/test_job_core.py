@@ -132,7 +132,7 @@ def test_a_restore_starts_before_a_drill_due_in_the_same_pass(frontend, docker_c
     source = volumes("core-prio")
     populate_volume(docker_client, source, megabytes=1)
     doc = policy_doc("prio", [{"name": "media", "volume": {"name": source}}], repo_dir,
-                     verify={"schedule": "0 5 * * 0"})
+                     drill={"schedule": "0 5 * * 0"})
     model = BackupPolicy.model_validate({**doc, "metadata": {"name": "prio"}})
     assert backup_action.run_backup(model, engine=engine, repository=repository_for(model)).succeeded
     started: list[str] = []

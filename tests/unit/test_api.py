@@ -615,3 +615,49 @@ def test_validate_prints_brackets_in_messages_verbatim(tmp_path, monkeypatch):
         f"app.yaml: BackupPolicy myapp: spec.targets[0].volume.name: '[bold]x' is not a valid Docker volume name "
         f"(must match {VOLUME_PATTERN})\n"
     )
+
+
+# --- deprecated names (README "Deprecated names") ---------------------------------------------------------------------
+
+def test_spec_verify_is_read_as_spec_drill_with_a_warning():
+    result = load(policy_doc(verify={"schedule": "0 5 * * 0"}))
+    (item,) = result.items
+    assert item.resource.spec.drill.schedule == "0 5 * * 0" and item.resource.spec.verify is None
+    assert "verify" not in item.resource.to_dict()["spec"] and item.resource.to_dict()["spec"]["drill"]
+    assert [str(w) for w in result.warnings] == [policy_error("spec.verify", "deprecated; rename it to spec.drill")]
+    assert load(policy_doc(drill={"schedule": "0 5 * * 0"})).warnings == []
+
+
+def test_spec_verify_and_spec_drill_together_are_an_error():
+    assert errors(policy_doc(verify={}, drill={})) == [
+        policy_error("spec", "give drill only: verify is its deprecated alias")]
+
+
+def test_validate_warns_about_deprecated_fields_and_exits_0(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "app.yaml", policy_doc(verify={"schedule": "0 5 * * 0"}))
+    result = CliRunner().invoke(app, ["validate", "app.yaml"])
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert "warning: app.yaml: BackupPolicy myapp: spec.verify: deprecated; rename it to spec.drill" in result.stderr
+
+
+def test_a_drill_record_of_an_older_version_reads_result_as_phase():
+    from dockvault.api.policy import Drill
+
+    old = Drill.model_validate_json('{"backup": "20261121T030000Z", "result": "Succeeded", "durationSeconds": 3.5}')
+    assert (old.phase, old.succeeded, old.duration_seconds) == ("Succeeded", True, 3.5)
+    assert old.legacy() == {"backup": "20261121T030000Z", "result": "Succeeded", "durationSeconds": 3.5}
+
+
+@pytest.mark.parametrize("kind", [{"a": 1}, ["BackupPolicy"], 3, None])
+def test_a_kind_of_the_wrong_type_is_an_error_not_a_crash(kind):
+    doc = {**POLICY_DOC, "kind": kind}
+    assert errors(doc) == [f"{FILE}: myapp: kind: unknown kind {kind!r}; expected one of BackupPolicy, RestoreRequest, Backup"]
+
+
+def test_dockvault_verify_is_the_deprecated_name_of_dockvault_drill(tmp_path):
+    result = CliRunner().invoke(app, ["verify", "nope", "--config-dir", str(tmp_path), "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "`dockvault verify` is deprecated; use `dockvault drill`" in result.stderr
+    assert "no valid BackupPolicy 'nope'" in result.stderr  # then it runs as `dockvault drill`
+    assert "verify" not in CliRunner().invoke(app, ["--help"]).stdout

@@ -58,7 +58,7 @@ def test_a_temporary_failure_is_due_again_at_its_retry_time_with_the_next_attemp
 
 
 def test_restores_come_first_then_backups_then_drills():
-    due_everything = policy("a", verify={"schedule": "0 5 * * 0"})
+    due_everything = policy("a", drill={"schedule": "0 5 * * 0"})
     never_ran = jobs.History(has_backup=True)
     plan = jobs.plan([("a", due_everything, never_ran), ("b", policy("b"), jobs.History())],
                      [("urgent", request("urgent", "b"), "b")], utc(2026, 11, 21, 12))

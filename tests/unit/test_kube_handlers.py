@@ -102,6 +102,21 @@ def test_measured_rto_and_last_verification_come_through():
     assert kube.measurement_of(kube.previous_status(body)) == Measurement(42.0, measured.at, "20261121T030000Z", "drill")
 
 
+def test_a_status_an_older_version_wrote_seeds_the_last_drill_and_both_names_are_written():
+    from dockvault.frontends.kubestate import KubeState
+
+    body = policy_body()
+    body["status"] = {"lastVerification": {"backup": "20261121T030000Z", "result": "Succeeded", "durationSeconds": 3.0}}
+    state = KubeState(lambda *_: None)
+    state.observe_policy("ns/p", body)
+    drill = state.last_drill("ns/p")
+    assert (drill.phase, drill.backup) == ("Succeeded", "20261121T030000Z") and state.last_successful_drill("ns/p")
+    status = kube.policy_patch(body, [], None, NOW, drill=drill)
+    assert status["lastDrill"]["phase"] == "Succeeded"
+    assert status["lastVerification"] == {"backup": "20261121T030000Z", "result": "Succeeded", "durationSeconds": 3.0}
+    assert state.policy_extras("ns/p")["lastSuccessfulDrill"]["phase"] == "Succeeded"
+
+
 def test_invalid_spec_is_ready_false_invalid_spec_with_the_field_path():
     body = policy_body()
     body["spec"]["targets"][0]["volume"]["name"] = "bad name!"

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dockvault import __version__
-from dockvault.metrics import DURATION_BUCKETS, DockvaultMetrics, PolicyFacts
+from dockvault.metrics import DEPRECATED_GAUGES, DURATION_BUCKETS, DockvaultMetrics, PolicyFacts
 
 NOW = 1_795_000_000.0
 P = {"policy": "myapp", "host": "local"}
@@ -25,7 +25,7 @@ MYAPP = PolicyFacts(
     repository_backups=7,
     target_sizes={"db": 123_456, "media": 9_876_543_210},
     rto_seconds=412.5,
-    verify_last_success_timestamp=NOW - 7200,
+    drill_last_success_timestamp=NOW - 7200,
 )
 NEVER_RAN = PolicyFacts(
     policy="fresh",
@@ -38,7 +38,7 @@ NEVER_RAN = PolicyFacts(
     repository_backups=0,
     target_sizes={},
     rto_seconds=None,
-    verify_last_success_timestamp=None,
+    drill_last_success_timestamp=None,
 )
 
 
@@ -69,10 +69,10 @@ def test_gauges_are_the_facts():
     assert value(registry, "dockvault_backup_size_bytes", **P, target="db") == 123_456
     assert value(registry, "dockvault_backup_size_bytes", **P, target="media") == 9_876_543_210
     assert value(registry, "dockvault_rpo_target_seconds", **P) == 86400
-    assert value(registry, "dockvault_rpo_seconds", **P) == 3600
+    assert value(registry, "dockvault_rpo_age_seconds", **P) == 3600
     assert value(registry, "dockvault_rto_target_seconds", **P) == 1800
     assert value(registry, "dockvault_rto_seconds", **P) == 412.5
-    assert value(registry, "dockvault_verify_last_success_timestamp_seconds", **P) == NOW - 7200
+    assert value(registry, "dockvault_drill_last_success_timestamp_seconds", **P) == NOW - 7200
     assert value(registry, "dockvault_repository_backups", **P) == 7
     assert value(registry, "dockvault_policies") == 1
     assert value(registry, "dockvault_build_info", version=__version__) == 1
@@ -82,24 +82,24 @@ def test_gauges_are_the_facts():
 def test_rpo_age_moves_with_the_clock_without_any_event():
     clock = Clock()
     registry, _ = exporter(MYAPP, clock=clock)
-    assert value(registry, "dockvault_rpo_seconds", **P) == 3600
+    assert value(registry, "dockvault_rpo_age_seconds", **P) == 3600
     clock.now += 90_000
-    assert value(registry, "dockvault_rpo_seconds", **P) == 93_600
+    assert value(registry, "dockvault_rpo_age_seconds", **P) == 93_600
     assert value(registry, "dockvault_backup_last_success_timestamp_seconds", **P) == NOW - 3600
 
 
 def test_rpo_age_is_never_negative_when_the_clock_steps_back():
     registry, _ = exporter(MYAPP, clock=Clock(NOW - 5000))
-    assert value(registry, "dockvault_rpo_seconds", **P) == 0
+    assert value(registry, "dockvault_rpo_age_seconds", **P) == 0
 
 
 def test_facts_are_read_at_every_scrape():
     current = [NEVER_RAN]
     registry = CollectorRegistry()
     DockvaultMetrics(registry, lambda: current, clock=Clock())
-    assert value(registry, "dockvault_rpo_seconds", policy="fresh", host="local") is None
+    assert value(registry, "dockvault_rpo_age_seconds", policy="fresh", host="local") is None
     current = [dataclasses.replace(NEVER_RAN, last_success_timestamp=NOW - 60, last_status=1, repository_backups=1)]
-    assert value(registry, "dockvault_rpo_seconds", policy="fresh", host="local") == 60
+    assert value(registry, "dockvault_rpo_age_seconds", policy="fresh", host="local") == 60
     assert value(registry, "dockvault_repository_backups", policy="fresh", host="local") == 1
 
 
@@ -110,10 +110,10 @@ def test_missing_facts_omit_the_series():
         "dockvault_backup_last_success_timestamp_seconds",
         "dockvault_backup_last_status",
         "dockvault_rpo_target_seconds",
-        "dockvault_rpo_seconds",
+        "dockvault_rpo_age_seconds",
         "dockvault_rto_target_seconds",
         "dockvault_rto_seconds",
-        "dockvault_verify_last_success_timestamp_seconds",
+        "dockvault_drill_last_success_timestamp_seconds",
     ):
         assert value(registry, name, **fresh) is None, name
     assert value(registry, "dockvault_backup_size_bytes", **fresh, target="media") is None
@@ -125,7 +125,7 @@ def test_a_failed_last_attempt_keeps_the_last_success_and_its_age():
     failed = dataclasses.replace(MYAPP, last_status=0)
     registry, _ = exporter(failed)
     assert value(registry, "dockvault_backup_last_status", **P) == 0
-    assert value(registry, "dockvault_rpo_seconds", **P) == 3600
+    assert value(registry, "dockvault_rpo_age_seconds", **P) == 3600
 
 
 def test_the_same_policy_twice_exports_the_first_facts_only(caplog):
@@ -268,7 +268,7 @@ def test_facts_raising_does_not_break_the_other_metrics(caplog):
     assert value(registry, "dockvault_backup_attempts_total", **P) == 1
     assert value(registry, "dockvault_backup_failures_total", **P) == 1
     assert value(registry, "dockvault_build_info", version=__version__) == 1
-    assert value(registry, "dockvault_rpo_seconds", **P) is None
+    assert value(registry, "dockvault_rpo_age_seconds", **P) is None
     assert value(registry, "dockvault_policies") is None
     errors = value(registry, "dockvault_facts_errors_total")
     assert errors >= 1
@@ -297,7 +297,7 @@ def test_two_registries_do_not_share_state():
     two.policy_seen("myapp", "local", [])
     assert value(first, "dockvault_backup_attempts_total", **P) == 1
     assert value(second, "dockvault_backup_attempts_total", **P) == 0
-    assert value(second, "dockvault_rpo_seconds", **P) is None
+    assert value(second, "dockvault_rpo_age_seconds", **P) is None
     assert value(second, "dockvault_policies") == 0
 
 
@@ -328,7 +328,14 @@ def test_an_error_that_returns_after_a_good_scrape_is_logged_in_full_again(caplo
     with caplog.at_level(logging.ERROR, logger="dockvault.metrics"):
         generate_latest(registry)
         state["broken"] = False
-        assert value(registry, "dockvault_rpo_seconds", **P) == 3600
+        assert value(registry, "dockvault_rpo_age_seconds", **P) == 3600
         state["broken"] = True
         generate_latest(registry)
     assert caplog.text.count("Traceback") == 2
+
+
+def test_deprecated_gauges_copy_their_new_series():
+    registry, _ = exporter(MYAPP, NEVER_RAN)
+    for old, new in DEPRECATED_GAUGES.items():
+        assert value(registry, f"dockvault_{old}", **P) == value(registry, f"dockvault_{new}", **P) is not None
+        assert value(registry, f"dockvault_{old}", policy="fresh", host="local") is None

@@ -77,7 +77,7 @@ def run_backup(
             backup_id = new_backup_id(started, taken)
     ctx = BackupContext(policy=policy.name, backup_id=backup_id, job_id=new_job_id(), engine=engine,
                         writer=writer, compression=policy.spec.compression, progress=progress, cancel=cancel, journal=journal,
-                        record_tables=policy.spec.verify is not None)
+                        record_tables=policy.spec.drill is not None)
     artifacts: list[Artifact] = []
     log.info("backup %s/%s started (%s)", policy.name, backup_id, trigger)
     try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..api.backup import Backup
-from ..api.policy import BackupPolicy, Verification
+from ..api.policy import BackupPolicy, Drill
 from ..api.restore import RestoreRequest, RestoreRequestStatus
 from ..controller import jobs
 from ..controller.jobs import Job
@@ -39,7 +39,7 @@ from .backup import BackupOutcome, run_backup
 from .locks import JobLocks, Lease
 from .restore import RestoreOutcome, run_restore
 from .state import PolicyJournal, State
-from .verify import DrillOutcome, run_drill
+from .drill import DrillOutcome, run_drill
 
 log = logging.getLogger(__name__)
 
@@ -274,14 +274,13 @@ class JobRunner:
 
     def _drill(self, job: Job, policy: BackupPolicy) -> JobResult:
         outcome = run_drill(policy, engine=self.engine, repository=repository_for(policy), cancel=self.cancel)
-        verification = outcome.verification
-        self.state.record_drill(job.policy, outcome.started_at, verification)
+        drill = outcome.drill
+        self.state.record_drill(job.policy, outcome.started_at, drill)
         if self.metrics is not None:
             self.metrics.restore_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
                                           duration_seconds=outcome.seconds)
-        self._notify(policy, "drill", verification.result, verification.backup, None, verification.duration_seconds,
-                     verification.message)
-        return JobResult(job, policy, outcome.succeeded, verification.message or "", verification.backup,
+        self._notify(policy, "drill", drill.phase, drill.backup, None, drill.duration_seconds, drill.message)
+        return JobResult(job, policy, outcome.succeeded, drill.message or "", drill.backup,
                          None if outcome.succeeded else jobs.PERMANENT, drill=outcome)
 
     def _unexpected(self, job: Job, policy: BackupPolicy, resources: Resources, exc: Exception) -> JobResult:
@@ -311,8 +310,8 @@ class JobRunner:
                     repository_for(policy).save_restore(request.name, request.spec_hash, failed)
                 self.state.record_restore(job.request, request.spec_hash, job.policy, failed)
             else:
-                self.state.record_drill(job.policy, now, Verification(result="Failed", started_at=iso(now),
-                                                                      duration_seconds=0.0, message=message))
+                self.state.record_drill(job.policy, now, Drill(phase="Failed", started_at=iso(now),
+                                                               duration_seconds=0.0, message=message))
         except Exception:  # noqa: BLE001 - the state itself is failing; the log above still says what happened
             log.exception("%s: cannot record the failure", job.label)
         self._notify(policy, job.kind, "Failed", backup_id, None, None, message)
@@ -384,11 +383,11 @@ class JobRunner:
         try:
             drill = self.state.last_successful_drill(key)
             started = parse_time(drill.started_at) if drill else None
-            verified_at = started.timestamp() + (drill.duration_seconds or 0) if drill and started else None
+            drilled_at = started.timestamp() + (drill.duration_seconds or 0) if drill and started else None
             backups = repository_for(policy).backups(policy.name)
             self._remember_listing(key, backups)
             facts = facts_for(policy, backups, last=self.state.last_attempt(key),
-                              measured=self.state.last_measurement(key), verified_at=verified_at)
+                              measured=self.state.last_measurement(key), drilled_at=drilled_at)
         except Exception:  # noqa: BLE001 - keep the last facts; the next refresh tries again
             log.exception("policy %s: cannot refresh its metrics", key)
             return

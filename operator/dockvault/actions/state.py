@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from ..api.policy import Verification
+from ..api.policy import Drill
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
@@ -28,11 +28,11 @@ class State(Protocol):
     def forget_attempt(self, policy: str, backup_id: str) -> None: ...
 
     # --- drills and measured restores --------------------------------------------------------------
-    def last_drill(self, policy: str) -> Verification | None: ...
+    def last_drill(self, policy: str) -> Drill | None: ...
 
-    def last_successful_drill(self, policy: str) -> Verification | None: ...
+    def last_successful_drill(self, policy: str) -> Drill | None: ...
 
-    def record_drill(self, policy: str, started_at: datetime, verification: Verification) -> None: ...
+    def record_drill(self, policy: str, started_at: datetime, drill: Drill) -> None: ...
 
     def last_measurement(self, policy: str) -> Measurement | None:
         """The newest successful restore or drill of the policy: the RTO last achieved."""

@@ -44,10 +44,30 @@ class Loaded:
 class LoadResult:
     items: list[Loaded] = field(default_factory=list)
     errors: list[ResourceError] = field(default_factory=list)
+    warnings: list[ResourceError] = field(default_factory=list)  # valid, but with deprecated names
 
     def extend(self, other: LoadResult) -> None:
         self.items.extend(other.items)
         self.errors.extend(other.errors)
+        self.warnings.extend(other.warnings)
+
+
+# Old names that keep working, by kind: field path -> its new name. Documented in README "Deprecated names".
+DEPRECATED_FIELDS: dict[str, dict[tuple[str, ...], str]] = {
+    "BackupPolicy": {("spec", "verify"): "spec.drill"},
+}
+
+
+def deprecated_fields(kind: str, doc: Any) -> list[tuple[str, str]]:
+    """(old path, new name) for every deprecated field the document uses."""
+    found = []
+    for path, new in DEPRECATED_FIELDS.get(kind, {}).items():
+        node = doc
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            found.append((".".join(path), new))
+    return found
 
 
 def format_loc(loc: Iterable[Any]) -> str:
@@ -73,7 +93,7 @@ def parse_document(doc: Any, *, file: str) -> LoadResult:
     # Only a well-formed name goes into messages verbatim; anything else could forge output lines.
     plain = isinstance(raw_name, str) and raw_name.isprintable() and not any(c.isspace() for c in raw_name)
     name = raw_name if plain else (repr(raw_name) if raw_name else None)
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         known = ", ".join(KINDS)
         result.errors.append(ResourceError(file, None, name, "kind", f"unknown kind {kind!r}; expected one of {known}"))
         return result
@@ -89,6 +109,8 @@ def parse_document(doc: Any, *, file: str) -> LoadResult:
             result.errors.append(ResourceError(file, kind, name, format_loc(err["loc"]), msg))
         return result
     result.items.append(Loaded(resource, file))
+    for old, new in deprecated_fields(kind, doc):
+        result.warnings.append(ResourceError(file, kind, name, old, f"deprecated; rename it to {new}"))
     return result
 
 

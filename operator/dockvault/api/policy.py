@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -163,10 +163,10 @@ class DrillCheck(Schema):
         return self
 
 
-class VerifySpec(Schema):
+class DrillSpec(Schema):
     """Restore drills: restore the newest good backup into throwaway resources, check it, measure the RTO."""
 
-    schedule: Cron | None = Field(None, description="cron schedule for drills; without one only `dockvault verify`")
+    schedule: Cron | None = Field(None, description="cron schedule for drills; without one only `dockvault drill`")
     checks: list[DrillCheck] = Field(default_factory=list)
 
 
@@ -180,8 +180,20 @@ class BackupPolicySpec(Schema):
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
     notify: NotifySpec | None = Field(None, description="webhooks called on failure (and on success when asked)")
-    verify: VerifySpec | None = None
+    drill: DrillSpec | None = None
+    verify: DrillSpec | None = Field(None, description="deprecated alias of drill (read as drill; give only one)")
     suspend: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _verify_is_drill(cls, data: object) -> object:
+        """spec.verify, the old name of spec.drill, keeps working (api.loader.DEPRECATED_FIELDS)."""
+        if isinstance(data, dict) and data.get("verify") is not None:
+            if data.get("drill") is not None:
+                raise ValueError("give drill only: verify is its deprecated alias")
+            data = {**data, "drill": data["verify"]}
+            del data["verify"]
+        return data
 
     @model_validator(mode="after")
     def _unique_target_names(self) -> BackupPolicySpec:
@@ -190,9 +202,9 @@ class BackupPolicySpec(Schema):
             if target.name in seen:
                 raise ValueError(f"target name {target.name!r} is used twice")
             seen.add(target.name)
-        for index, check in enumerate(self.verify.checks if self.verify else []):
+        for index, check in enumerate(self.drill.checks if self.drill else []):
             if check.target is not None and check.target not in seen:
-                raise ValueError(f"verify.checks[{index}].target: no target named {check.target!r}")
+                raise ValueError(f"drill.checks[{index}].target: no target named {check.target!r}")
         return self
 
     def target(self, name: str) -> BackupTarget | None:
@@ -215,15 +227,35 @@ class MeasuredRto(Schema):
     seconds: float
     at: str
     backup: str | None = None
-    source: str = Field(description="restore (a RestoreRequest) or drill (spec.verify)")
+    source: str = Field(description="restore (a RestoreRequest) or drill (spec.drill)")
 
 
-class Verification(Schema):
+class Drill(Schema):
+    """One restore drill's outcome."""
+
     backup: str | None = None
-    result: str = Field(description="Succeeded or Failed")
+    phase: str = Field(description="Succeeded or Failed")
     started_at: str | None = None
     duration_seconds: float | None = None
     message: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _result_is_phase(cls, data: object) -> object:
+        """Records written by dockvault 0.1 (SQLite state, resource status) call the phase `result`."""
+        if isinstance(data, dict) and "result" in data and "phase" not in data:
+            data = {**data, "phase": data["result"]}
+            del data["result"]
+        return data
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == "Succeeded"
+
+    def legacy(self) -> dict[str, Any]:
+        """The deprecated lastVerification shape: `result` for `phase`."""
+        body = self.to_dict()
+        return {"result" if k == "phase" else k: v for k, v in body.items()}
 
 
 class QuiescedContainer(Schema):
@@ -244,8 +276,14 @@ class BackupPolicyStatus(Schema):
     backups: int | None = None
     rpo_age_seconds: float | None = None
     measured_rto: MeasuredRto | None = None
-    last_verification: Verification | None = None
-    last_successful_verification: Verification | None = None
+    last_drill: Drill | None = None
+    last_successful_drill: Drill | None = None
+    last_verification: dict[str, Any] | None = Field(
+        None, description="deprecated: lastDrill with `result` for `phase` (written until v1beta1)",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    last_successful_verification: dict[str, Any] | None = Field(
+        None, description="deprecated: lastSuccessfulDrill with `result` for `phase` (written until v1beta1)",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     quiesced: list[QuiescedContainer] | None = Field(
         None, description="Kubernetes mode: containers a job halted and has not yet resumed (a journal)")
 

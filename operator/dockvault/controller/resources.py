@@ -18,7 +18,7 @@ from typing import Any
 from ..api.backup import Backup
 from ..api.common import API_VERSION, Condition
 from ..api.loader import parse_document
-from ..api.policy import BackupPolicy, BackupPolicyStatus, Verification
+from ..api.policy import BackupPolicy, BackupPolicyStatus, Drill
 from ..api.restore import RestoreRequest, RestoreRequestStatus
 from .status import Attempt, Measurement, iso, parse_time, policy_status, with_transitions
 
@@ -136,7 +136,7 @@ def policy_patch(
     now: datetime,
     *,
     measured: Measurement | None = None,
-    verification: Verification | None = None,
+    drill: Drill | None = None,
 ) -> dict[str, Any]:
     """The policy's whole status (camelCase, for patch.status) from its body, its repository's backups and its last run."""
     generation = (policy_body.get("metadata") or {}).get("generation")
@@ -144,7 +144,7 @@ def policy_patch(
     policy, errors = parse_policy(policy_body)
     if policy is None:
         return invalid_policy_patch(errors, previous=previous.conditions, generation=generation, now=now)
-    status = policy_status(policy, backups, last_attempt, now=now, measured=measured, verification=verification,
+    status = policy_status(policy, backups, last_attempt, now=now, measured=measured, drill=drill,
                            previous=previous.conditions)
     return status.model_copy(update={"observed_generation": generation}).to_dict()
 

@@ -58,7 +58,7 @@ def backup_due(spec: BackupPolicySpec, *, last_attempt: datetime | None, now: da
 
 def drill_due(spec: BackupPolicySpec, *, last_drill: datetime | None, has_backup: bool, now: datetime) -> Due:
     """Is a restore drill due? Like backups, a first drill runs at once, but only once there is a backup to drill."""
-    if spec.verify is None or spec.verify.schedule is None:
+    if spec.drill is None or spec.drill.schedule is None:
         return Due(False, "no drill schedule", None)
     if spec.suspend:
         return Due(False, "suspended", None)
@@ -66,5 +66,5 @@ def drill_due(spec: BackupPolicySpec, *, last_drill: datetime | None, has_backup
         return Due(False, "no successful backup to drill yet", None)
     if last_drill is None:
         return Due(True, "no drill yet", now)
-    slot = next_run(spec.verify.schedule, spec.timezone, last_drill)
+    slot = next_run(spec.drill.schedule, spec.timezone, last_drill)
     return Due(slot <= now, "scheduled" if slot <= now else "waiting", slot)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..api.backup import Backup
 from ..api.common import Condition, format_duration
-from ..api.policy import BackupPolicy, BackupPolicyStatus, BackupRef, MeasuredRto, Verification
+from ..api.policy import BackupPolicy, BackupPolicyStatus, BackupRef, Drill, MeasuredRto
 from .schedule import backup_due
 
 
@@ -148,7 +148,7 @@ def policy_status(
     *,
     now: datetime,
     measured: Measurement | None = None,
-    verification: Verification | None = None,
+    drill: Drill | None = None,
     previous: Sequence[Condition] = (),
 ) -> BackupPolicyStatus:
     good = sorted((b for b in backups if b.succeeded), key=lambda b: b.status.started_at)
@@ -166,7 +166,8 @@ def policy_status(
         rpo_age_seconds=round((now - newest.status.completed_at).total_seconds(), 3) if newest else None,
         measured_rto=MeasuredRto(seconds=measured.seconds, at=iso(measured.at), backup=measured.backup_id,
                                  source=measured.source) if measured else None,
-        last_verification=verification,
+        last_drill=drill,
+        last_verification=drill.legacy() if drill else None,
         last_backup=last_ref or (_ref(newest) if newest else None),
         last_successful_backup=_ref(newest) if newest else None,
         next_backup_at=iso(due.next_at),

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from ..actions.runner import JobResult, JobRunner, Resources
 from ..api.common import GROUP, VERSION
+from ..api.loader import deprecated_fields
 from ..api.restore import RestoreRequestStatus
 from ..controller.resources import (  # noqa: F401 - re-exported: the front end's vocabulary
     DEFAULT_HOST,
@@ -237,7 +238,7 @@ class Runtime:
             return policy_patch(body, [], None, now_utc())
         status = policy_patch(body, repository_for(policy).backups(policy.name), self.state.last_attempt(key),
                               now_utc(), measured=self.state.last_measurement(key),
-                              verification=self.state.last_drill(key))
+                              drill=self.state.last_drill(key))
         return {**status, **self.state.policy_extras(key)}
 
     def report(self, result: JobResult) -> None:
@@ -323,6 +324,9 @@ def reconcile_policy(rt: Runtime, body: Mapping[str, Any], restores: Mapping[Any
         if not run_jobs:  # once per change of the spec, not on every tick
             kopf.warn(body, reason="InvalidSpec", message="; ".join(errors))
         return policy_patch(body, [], None, now_utc())
+    if not run_jobs:
+        for old, new in deprecated_fields("BackupPolicy", plain(body)):
+            kopf.warn(body, reason="DeprecatedField", message=f"{old} is deprecated; rename it to {new}")
     rt.remember(key, body)
     rt.state.observe_policy(key, body)
     rt.runner.refresh(key, policy)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..api.policy import QuiescedContainer, Verification
+from ..api.policy import Drill, QuiescedContainer
 from ..api.restore import RestoreRequestStatus
 from ..controller.resources import last_attempt_of, measurement_of, plain, previous_status, restore_patch
 from ..controller.status import Attempt, Measurement, iso, parse_time
@@ -25,8 +25,8 @@ from ..engine.quiesce import Halted
 @dataclass
 class _Policy:
     last_attempt: Attempt | None = None
-    last_drill: Verification | None = None
-    last_good_drill: Verification | None = None
+    last_drill: Drill | None = None
+    last_good_drill: Drill | None = None
     measured: Measurement | None = None
     quiesced: list[QuiescedContainer] = field(default_factory=list)
 
@@ -37,6 +37,16 @@ class _Restore:
     policy: str
     status: RestoreRequestStatus
     generation: int | None = None
+
+
+def _drill(recorded: Drill | None, legacy: Mapping[str, Any] | None) -> Drill | None:
+    """A drill from the status: its own field, or the deprecated lastVerification an older dockvault wrote."""
+    if recorded is not None or not legacy:
+        return recorded
+    try:
+        return Drill.model_validate(legacy)
+    except ValueError:
+        return None
 
 
 def key_of(namespace: str | None, name: str) -> str:
@@ -63,11 +73,11 @@ class KubeState:
             if key in self._policies:
                 return
             status = previous_status(body)
+            last = _drill(status.last_drill, status.last_verification)
+            good = _drill(status.last_successful_drill, status.last_successful_verification)
             self._policies[key] = _Policy(
-                last_attempt=last_attempt_of(status), last_drill=status.last_verification,
-                last_good_drill=status.last_successful_verification or (
-                    status.last_verification if status.last_verification and
-                    status.last_verification.result == "Succeeded" else None),
+                last_attempt=last_attempt_of(status), last_drill=last,
+                last_good_drill=good or (last if last is not None and last.succeeded else None),
                 measured=measurement_of(status), quiesced=list(status.quiesced or []))
 
     def observe_restore(self, key: str, body: Mapping[str, Any], *, spec_hash: str, policy: str) -> None:
@@ -98,7 +108,8 @@ class KubeState:
             memo = self._policies.get(key) or _Policy()
             extras: dict[str, Any] = {"quiesced": [q.to_dict() for q in memo.quiesced]}
             if memo.last_good_drill is not None:
-                extras["lastSuccessfulVerification"] = memo.last_good_drill.to_dict()
+                extras["lastSuccessfulDrill"] = memo.last_good_drill.to_dict()
+                extras["lastSuccessfulVerification"] = memo.last_good_drill.legacy()  # deprecated
             return extras
 
     def _memo(self, key: str) -> _Policy:
@@ -120,22 +131,21 @@ class KubeState:
                 memo.last_attempt = None
 
     # --- State: drills and measured restores --------------------------------------------------------
-    def last_drill(self, policy: str) -> Verification | None:
+    def last_drill(self, policy: str) -> Drill | None:
         with self._guard:
             return self._memo(policy).last_drill
 
-    def last_successful_drill(self, policy: str) -> Verification | None:
+    def last_successful_drill(self, policy: str) -> Drill | None:
         with self._guard:
             return self._memo(policy).last_good_drill
 
-    def record_drill(self, policy: str, started_at: datetime, verification: Verification) -> None:
+    def record_drill(self, policy: str, started_at: datetime, drill: Drill) -> None:
         with self._guard:
             memo = self._memo(policy)
-            memo.last_drill = verification
-            if verification.result == "Succeeded":
-                memo.last_good_drill = verification
-                seconds = verification.duration_seconds or 0.0
-                memo.measured = Measurement(seconds, started_at, verification.backup, "drill")
+            memo.last_drill = drill
+            if drill.succeeded:
+                memo.last_good_drill = drill
+                memo.measured = Measurement(drill.duration_seconds or 0.0, started_at, drill.backup, "drill")
 
     def last_measurement(self, policy: str) -> Measurement | None:
         with self._guard:

@@ -30,6 +30,7 @@ class Config:
     policies: dict[str, Loaded] = field(default_factory=dict)
     restores: dict[str, Loaded] = field(default_factory=dict)
     errors: list[ResourceError] = field(default_factory=list)
+    warnings: list[ResourceError] = field(default_factory=list)
 
     def policy(self, name: str) -> BackupPolicy | None:
         item = self.policies.get(name)
@@ -39,7 +40,7 @@ class Config:
 def load_config(config_dir: Path, *, host: str | None = None) -> Config:
     """Every resource in the directory; duplicates and foreign kinds become errors naming both files."""
     loaded = load_paths([config_dir])
-    config = Config(errors=list(loaded.errors))
+    config = Config(errors=list(loaded.errors), warnings=list(loaded.warnings))
     for item in loaded.items:
         resource = item.resource
         if isinstance(resource, BackupPolicy):
@@ -109,7 +110,10 @@ class Controller:
                 messages.add(f"restore {request.resource.name} waits: policy {wanted!r} is not loaded")
         for message in sorted(messages - self._seen_errors):
             log.error("%s", message)
-        self._seen_errors = messages
+        warnings = {str(w) for w in new.warnings}
+        for message in sorted(warnings - self._seen_errors):
+            log.warning("%s", message)
+        self._seen_errors = messages | warnings
         if self.metrics is not None:
             for item in new.policies.values():
                 policy: BackupPolicy = item.resource  # type: ignore[assignment]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..api.backup import Backup
 from ..api.common import Condition
-from ..api.policy import Verification
+from ..api.policy import Drill
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
@@ -170,20 +170,21 @@ class StateStore:
         except sqlite3.OperationalError:
             pass
 
-    def record_drill(self, policy: str, started_at: datetime, verification: Verification) -> None:
+    def record_drill(self, policy: str, started_at: datetime, drill: Drill) -> None:
         self._run("INSERT OR REPLACE INTO drills VALUES (?,?,?)",
-                  (policy, started_at.isoformat(), verification.model_dump_json(by_alias=True, exclude_none=True)))
+                  (policy, started_at.isoformat(), drill.model_dump_json(by_alias=True, exclude_none=True)))
 
-    def drills(self, policy: str) -> list[tuple[datetime, Verification]]:
+    def drills(self, policy: str) -> list[tuple[datetime, Drill]]:
+        # the column keeps its first name; rows written by dockvault 0.1 say `result` for `phase` (Drill reads both)
         rows = self._run("SELECT started_at, verification FROM drills WHERE policy=? ORDER BY started_at", (policy,))
-        return [(datetime.fromisoformat(at), Verification.model_validate_json(raw)) for at, raw in rows]
+        return [(datetime.fromisoformat(at), Drill.model_validate_json(raw)) for at, raw in rows]
 
-    def last_drill(self, policy: str) -> Verification | None:
+    def last_drill(self, policy: str) -> Drill | None:
         drills = self.drills(policy)
         return drills[-1][1] if drills else None
 
-    def last_successful_drill(self, policy: str) -> Verification | None:
-        good = [v for _at, v in self.drills(policy) if v.result == "Succeeded"]
+    def last_successful_drill(self, policy: str) -> Drill | None:
+        good = [d for _at, d in self.drills(policy) if d.succeeded]
         return good[-1] if good else None
 
     def last_measurement(self, policy: str) -> Measurement | None:
@@ -194,7 +195,7 @@ class StateStore:
                 if best is None or status.completed_at > best.at:
                     best = Measurement(status.duration_seconds, status.completed_at, status.backup, "restore")
         for started, drill in self.drills(policy):
-            if drill.result == "Succeeded" and drill.duration_seconds is not None:
+            if drill.succeeded and drill.duration_seconds is not None:
                 finished = started + timedelta(seconds=drill.duration_seconds)
                 if best is None or finished > best.at:
                     best = Measurement(drill.duration_seconds, finished, drill.backup, "drill")

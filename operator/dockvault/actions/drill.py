@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..api.policy import BackupPolicy, Verification
+from ..api.policy import BackupPolicy, Drill
 from ..controller.selection import NoSuchBackup, select_backup
 from ..controller.status import iso
 from ..credentials import mask
@@ -27,13 +27,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DrillOutcome:
-    verification: Verification
+    drill: Drill
     started_at: datetime
     seconds: float
 
     @property
     def succeeded(self) -> bool:
-        return self.verification.result == "Succeeded"
+        return self.drill.succeeded
 
 
 def run_drill(policy: BackupPolicy, *, engine: Engine, repository: Repository,
@@ -42,7 +42,7 @@ def run_drill(policy: BackupPolicy, *, engine: Engine, repository: Repository,
     clock = time.monotonic()
     backup_id = None
     ctx = RestoreContext(policy=policy.name, request="drill", job_id=new_job_id(), engine=engine, cancel=cancel)
-    checks = policy.spec.verify.checks if policy.spec.verify else []
+    checks = policy.spec.drill.checks if policy.spec.drill else []
     try:
         backup = select_backup(repository.backups(policy.name), "latest", policy=policy.name)
         backup_id = backup.id
@@ -56,12 +56,11 @@ def run_drill(policy: BackupPolicy, *, engine: Engine, repository: Repository,
                 source_for(target.source_kind).drill(target, [(a, reader.opener(a)) for a in artifacts], ctx, checks)
             except SourceError as exc:
                 raise SourceError(f"target {target.name}: {exc}") from exc
-        result, message = "Succeeded", "; ".join(ctx.notes)
+        phase, message = "Succeeded", "; ".join(ctx.notes)
     except (NoSuchBackup, ChecksumMismatch, SourceError, EngineError, OSError, ValueError, EOFError) as exc:
-        result, message = "Failed", mask(str(exc))
+        phase, message = "Failed", mask(str(exc))
     seconds = round(time.monotonic() - clock, 3)
-    (log.info if result == "Succeeded" else log.error)("drill %s of backup %s %s in %.1fs: %s", policy.name, backup_id,
-                                                       result.lower(), seconds, message)
-    verification = Verification(backup=backup_id, result=result, started_at=iso(started),
-                                duration_seconds=seconds, message=message)
-    return DrillOutcome(verification, started, seconds)
+    (log.info if phase == "Succeeded" else log.error)("drill %s of backup %s %s in %.1fs: %s", policy.name, backup_id,
+                                                      phase.lower(), seconds, message)
+    drill = Drill(backup=backup_id, phase=phase, started_at=iso(started), duration_seconds=seconds, message=message)
+    return DrillOutcome(drill, started, seconds)
