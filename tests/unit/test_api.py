@@ -327,7 +327,7 @@ def test_unknown_compression_algorithm():
 
 
 def test_storage_without_backend():
-    assert errors(policy_doc(storage={})) == [policy_error("spec.storage", "storage needs exactly one backend: local")]
+    assert errors(policy_doc(storage={})) == [policy_error("spec.storage", "storage needs exactly one of local")]
 
 
 def test_storage_missing():
@@ -336,7 +336,13 @@ def test_storage_missing():
 
 def test_target_without_source():
     assert errors(with_target(name="media")) == [
-        policy_error("spec.targets[0]", "a target needs exactly one source: volume, postgres, mysql")
+        policy_error("spec.targets[0]", "a target needs exactly one of volume, postgres or mysql")
+    ]
+
+
+def test_target_with_two_sources_names_both():
+    assert errors(with_target(name="media", volume={"name": "vol"}, postgres={"container": "db"})) == [
+        policy_error("spec.targets[0]", "a target needs exactly one of volume, postgres or mysql, not volume and postgres")
     ]
 
 
@@ -413,7 +419,7 @@ def test_duplicate_restore_targets():
 
 def test_restore_target_without_destination():
     assert errors(restore_doc(targets=[{"from": "media"}])) == [
-        restore_error("spec.targets[0]", "a restore target needs exactly one destination: volume, postgres, mysql")
+        restore_error("spec.targets[0]", "a restore target needs exactly one of volume, postgres or mysql")
     ]
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, Field
 
-from .common import API_VERSION, BackupId, ObjectMeta, ResourceName, Schema, TargetName
+from .common import BackupId, Envelope, ResourceName, Schema, TargetName
 
 
 class Artifact(Schema):
@@ -46,12 +46,8 @@ class BackupStatus(Schema):
     dockvault_version: str | None = None
 
 
-class Backup(Schema):
-    api_version: Literal["dockvault.io/v1alpha1"] = API_VERSION
+class Backup(Envelope[BackupSpec, BackupStatus]):
     kind: Literal["Backup"] = "Backup"
-    metadata: ObjectMeta
-    spec: BackupSpec
-    status: BackupStatus | None = None
 
     @property
     def id(self) -> str:

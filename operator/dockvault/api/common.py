@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -37,6 +37,35 @@ class Schema(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _spoken(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+class OneOf(Schema):
+    """A block that takes exactly one of the fields in `one_of`: a target's source, a storage backend, where a
+    secret is read from. Subclasses declare the fields, the name users know the block by and a hint."""
+
+    one_of: ClassVar[tuple[str, ...]]
+    one_of_what: ClassVar[str]
+    one_of_hint: ClassVar[str] = ""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> OneOf:
+        given = [name for name in self.one_of if getattr(self, name) is not None]
+        if len(given) != 1:
+            alias = {name: type(self).model_fields[name].alias or name for name in self.one_of}
+            message = f"{self.one_of_what} needs exactly one of {_spoken(list(alias.values()))}"
+            if given:
+                message += f", not {' and '.join(alias[name] for name in given)}"
+            raise ValueError(message + (f" ({self.one_of_hint})" if self.one_of_hint else ""))
+        return self
+
+    @property
+    def chosen(self) -> str:
+        """The field that is set (Python name)."""
+        return next(name for name in self.one_of if getattr(self, name) is not None)
 
 
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -150,19 +179,16 @@ class SecretKeyRef(Schema):
     key: str = Field(min_length=1, description="key in the Secret's data")
 
 
-class PasswordFrom(Schema):
+class PasswordFrom(OneOf):
     """Where a database password comes from: never from the resource itself."""
+
+    one_of = ("env", "file", "secret_key_ref")
+    one_of_what = "passwordFrom"
 
     env: str | None = Field(None, min_length=1, description="environment variable of the dockvault process")
     file: str | None = Field(None, min_length=1, description="file readable by dockvault (e.g. a mounted secret)")
     secret_key_ref: SecretKeyRef | None = Field(
         None, description="key of a Secret in the resource's namespace (Kubernetes mode only: dockvault kube)")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> PasswordFrom:
-        if sum(v is not None for v in (self.env, self.file, self.secret_key_ref)) != 1:
-            raise ValueError("passwordFrom needs exactly one of env, file or secretKeyRef")
-        return self
 
 
 class ObjectMeta(BaseModel):
@@ -184,3 +210,21 @@ class Condition(Schema):
     message: str = ""
     last_transition_time: str | None = None
     observed_generation: int | None = None
+
+
+SpecT = TypeVar("SpecT", bound=Schema)
+StatusT = TypeVar("StatusT", bound=Schema)
+
+
+class Envelope(Schema, Generic[SpecT, StatusT]):
+    """What every dockvault resource is: apiVersion, kind, metadata, spec and an optional status."""
+
+    api_version: Literal["dockvault.io/v1alpha1"] = API_VERSION
+    kind: str
+    metadata: ObjectMeta
+    spec: SpecT
+    status: StatusT | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

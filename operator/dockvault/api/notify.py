@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from .common import Schema
+from .common import OneOf, Schema
 
 WEBHOOK_SCHEMES = ("http", "https")
 MAX_TIMEOUT_SECONDS = 120
@@ -73,21 +73,22 @@ WebhookUrl = Annotated[
 ]
 
 
-class UrlFrom(Schema):
+class UrlFrom(OneOf):
     """Where a webhook URL comes from when it should not be written into the resource."""
+
+    one_of = ("env", "file")
+    one_of_what = "urlFrom"
 
     env: str | None = Field(None, min_length=1, description="environment variable of the dockvault process")
     file: str | None = Field(None, min_length=1, description="file readable by dockvault (e.g. a mounted secret)")
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> UrlFrom:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("urlFrom needs exactly one of env or file")
-        return self
 
-
-class Webhook(Schema):
+class Webhook(OneOf):
     """One receiver of a policy's notifications; attempts = 1 + retries, each bounded by timeoutSeconds."""
+
+    one_of = ("url", "url_from")
+    one_of_what = "a webhook"
+    one_of_hint = "urlFrom keeps a URL's token out of the resource"
 
     url: WebhookUrl | None = Field(None, repr=False, description="http:// or https:// address to POST to")
     url_from: UrlFrom | None = Field(None, description="read the URL from the environment or a file instead")
@@ -106,14 +107,6 @@ class Webhook(Schema):
             if not value.isascii() or any(not c.isprintable() and c != "\t" for c in value):
                 raise ValueError(f"headers: the value of {name} must be printable ASCII without line breaks")
         return headers
-
-    @model_validator(mode="after")
-    def _exactly_one_url(self) -> Webhook:
-        if (self.url is None) == (self.url_from is None):
-            raise ValueError(
-                "a webhook needs exactly one of url or urlFrom (urlFrom keeps a URL's token out of the resource)"
-            )
-        return self
 
 
 class NotifySpec(Schema):

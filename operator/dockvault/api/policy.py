@@ -8,13 +8,13 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .common import (
-    API_VERSION,
     Condition,
     ContainerName,
     Cron,
     DatabaseName,
     Duration,
-    ObjectMeta,
+    Envelope,
+    OneOf,
     PasswordFrom,
     Schema,
     TargetName,
@@ -53,39 +53,33 @@ class MysqlSource(DatabaseSource):
 SOURCE_KINDS = ("volume", "postgres", "mysql")
 
 
-class BackupTarget(Schema):
+class BackupTarget(OneOf):
+    one_of = SOURCE_KINDS
+    one_of_what = "a target"
+
     name: TargetName
     volume: VolumeSource | None = None
     postgres: PostgresSource | None = None
     mysql: MysqlSource | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one_source(self) -> BackupTarget:
-        if len([kind for kind in SOURCE_KINDS if getattr(self, kind) is not None]) != 1:
-            raise ValueError(f"a target needs exactly one source: {', '.join(SOURCE_KINDS)}")
-        return self
-
     @property
     def source_kind(self) -> str:
-        return next(kind for kind in SOURCE_KINDS if getattr(self, kind) is not None)
+        return self.chosen
 
 
 class LocalStorage(Schema):
     path: str = Field(min_length=1, description="directory on the operator's host that holds the repository")
 
 
-class StorageSpec(Schema):
-    local: LocalStorage | None = None
+class StorageSpec(OneOf):
+    one_of = ("local",)  # the backends: storage/__init__.py BACKENDS
+    one_of_what = "storage"
 
-    @model_validator(mode="after")
-    def _exactly_one_backend(self) -> StorageSpec:
-        if self.local is None:
-            raise ValueError("storage needs exactly one backend: local")
-        return self
+    local: LocalStorage | None = None
 
     @property
     def backend(self) -> str:
-        return "local"
+        return self.chosen
 
 
 _LEVELS = {"zstd": (1, 22, 3), "gzip": (1, 9, 6)}
@@ -288,13 +282,5 @@ class BackupPolicyStatus(Schema):
         None, description="Kubernetes mode: containers a job halted and has not yet resumed (a journal)")
 
 
-class BackupPolicy(Schema):
-    api_version: Literal["dockvault.io/v1alpha1"] = API_VERSION
+class BackupPolicy(Envelope[BackupPolicySpec, BackupPolicyStatus]):
     kind: Literal["BackupPolicy"] = "BackupPolicy"
-    metadata: ObjectMeta
-    spec: BackupPolicySpec
-    status: BackupPolicyStatus | None = None
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name

@@ -17,12 +17,12 @@ from pydantic import (
 )
 
 from .common import (
-    API_VERSION,
     BACKUP_ID_PATTERN,
     Condition,
     ContainerName,
     DatabaseName,
-    ObjectMeta,
+    Envelope,
+    OneOf,
     PasswordFrom,
     ResourceName,
     Schema,
@@ -91,21 +91,18 @@ class MysqlRestore(DatabaseRestore):
 DESTINATION_KINDS = ("volume", "postgres", "mysql")
 
 
-class RestoreTarget(Schema):
+class RestoreTarget(OneOf):
+    one_of = DESTINATION_KINDS
+    one_of_what = "a restore target"
+
     from_: TargetName = Field(alias="from", description="the policy's target to restore")
     volume: VolumeRestore | None = None
     postgres: PostgresRestore | None = None
     mysql: MysqlRestore | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one_destination(self) -> RestoreTarget:
-        if len([kind for kind in DESTINATION_KINDS if getattr(self, kind) is not None]) != 1:
-            raise ValueError(f"a restore target needs exactly one destination: {', '.join(DESTINATION_KINDS)}")
-        return self
-
     @property
     def kind(self) -> str:
-        return next(kind for kind in DESTINATION_KINDS if getattr(self, kind) is not None)
+        return self.chosen
 
 
 class RestoreRequestSpec(Schema):
@@ -136,16 +133,8 @@ class RestoreRequestStatus(Schema):
     conditions: list[Condition] = Field(default_factory=list)
 
 
-class RestoreRequest(Schema):
-    api_version: Literal["dockvault.io/v1alpha1"] = API_VERSION
+class RestoreRequest(Envelope[RestoreRequestSpec, RestoreRequestStatus]):
     kind: Literal["RestoreRequest"] = "RestoreRequest"
-    metadata: ObjectMeta
-    spec: RestoreRequestSpec
-    status: RestoreRequestStatus | None = None
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
     @property
     def spec_hash(self) -> str:
