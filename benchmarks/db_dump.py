@@ -25,7 +25,8 @@ run costs whatever the size (CLI start-up, extra execs, fsync, ...), so that the
 into a fixed part and a part that grows with the data.
 
 The password reaches `docker exec` through the environment of the docker CLI (`-e PGPASSWORD` without a
-value), never through argv. Peak RSS and CPU of the dockvault / docker CLI processes come from os.wait4()
+value), never through argv. Wall time, peak RSS and CPU of the dockvault / docker CLI processes are measured as
+in all the benchmarks here (common.run_timed): os.wait4() of the command started by a small spawner process
 (ru_maxrss, KiB); the CPU of the database container (pg_dump / pg_restore and the server backend) from its
 cgroup. Every restore is checked: the row count of every table must match the source; the restored
 database is dropped right after its check (so autovacuum on it cannot slow down the next timed command).
@@ -36,24 +37,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import math
 import os
-import platform
-import re
-import shlex
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from common import (DOCKVAULT, QUIET, BenchError, Method, Run, add_run_options, check_args, cli_startup,
+                    dockvault_env, fmt, human, log, machine, machine_line, mark, parse_size, print_methods, print_rows, rss_floor,
+                    run_bench, run_timed, size_label, sync)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -63,51 +61,13 @@ CONTAINER = "dockvault-bench-pg"
 GENERATOR = 2            # bump when the data recipe changes: a kept database is then rebuilt
 POLICY = "bench"
 TARGET = "db"
-MiB = 1 << 20
-GiB = 1 << 30
 
 TARGETS = {
     "backup_ratio": 0.9,     # throughput dockvault / plain, backup >=
     "restore_ratio": 0.9,    # throughput dockvault / plain, restore >=
     "rss_mib": 100.0,        # peak RSS of the dockvault process, backup and restore <=
 }
-QUIET = {"threshold": 0.25, "max_wait": 15.0}  # share of all cores; seconds
 CALM_FOREIGN = 0.5       # cores of foreign load up to which a run counts as calm (see the "calm runs" ratios)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-# ------------------------------------------------------------------------------------------ sizes --
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 50M or 1G)")
-    value = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
-    if value < 16 * MiB:
-        raise argparse.ArgumentTypeError("size must be at least 16M (an empty database is ~7.5 MiB)")
-    return int(value)
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def size_label(n: int) -> str:
-    if n % GiB == 0:
-        return f"{n // GiB}g"
-    if n % MiB == 0:
-        return f"{n // MiB}m"
-    return str(n)
 
 
 # ------------------------------------------------------------------------------- data generation --
@@ -242,14 +202,7 @@ COMMIT;
 """
 
 
-# ------------------------------------------------------------------------------------------ docker --
-def docker(*args: str, check: bool = True) -> str:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
-    if check and result.returncode != 0:
-        raise BenchError(f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result.stdout.strip()
-
-
+# --------------------------------------------------------------------------------- cpu counters --
 def container_cpu_reader(container_id: str):
     """A function returning the container's CPU seconds so far (cgroup v1 or v2), or None when unreadable."""
     candidates = [Path(f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage"),
@@ -292,41 +245,13 @@ def dockerd_cpu_reader():
     return read
 
 
-# ------------------------------------------------------------------------------------ timed runs --
-def cpu_jiffies() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:9]]
-    return sum(values) - values[3] - values[4], sum(values)
-
-
-def busy_fraction(interval: float) -> float:
-    b1, t1 = cpu_jiffies()
-    time.sleep(interval)
-    b2, t2 = cpu_jiffies()
-    return (b2 - b1) / (t2 - t1) if t2 > t1 else 0.0
-
-
-def wait_quiet(max_wait: float | None = None) -> float:
-    """Other sessions may share the machine: wait (a bounded time) for half a second with little CPU use."""
-    deadline = time.monotonic() + (QUIET["max_wait"] if max_wait is None else max_wait)
-    while True:
-        busy = busy_fraction(0.5)
-        if busy <= QUIET["threshold"] or time.monotonic() >= deadline:
-            return busy
-
-
 @dataclass
-class Run:
-    seconds: float
-    maxrss_kib: int
-    cpu_seconds: float                 # the child (docker CLI or dockvault) itself: user + sys
-    container_cpu: float | None        # the database container's cgroup during the run
-    dockerd_cpu: float | None          # the private dockerd during the run
-    flush_seconds: float               # the `sync` right after the run
-    background: float = 0.0            # share of all cores busy in the half second before the run
-    machine_busy: float = 0.0          # share of all cores busy during the run
-    foreign_cores: float | None = None  # cores busy on average with work that is not this run's (other users)
-    output_bytes: int | None = None
+class DbRun(Run):
+    """common.Run (wall time, peak RSS and CPU of the docker CLI or dockvault) and what this benchmark adds."""
+
+    container_cpu: float | None = None   # the database container's cgroup during the run
+    dockerd_cpu: float | None = None     # the private dockerd during the run
+    foreign_cores: float | None = None   # cores busy on average with work that is not this run's (other users)
     create_seconds: float | None = None  # plain restore: the CREATE DATABASE before the timer (dockvault's is inside)
 
 
@@ -339,25 +264,6 @@ class Subject:
     plain_file: Path
     counts: dict[str, int]
     tag: str = ""          # in restored database names
-
-
-def _delta(after: float | None, before: float | None) -> float | None:
-    return None if after is None or before is None else after - before
-
-
-@dataclass
-class Method:
-    key: str
-    title: str
-    runs: list[Run] = field(default_factory=list)
-
-    def median(self, attr: str) -> float:
-        values = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
-        return statistics.median(values) if values else float("nan")
-
-    @property
-    def seconds(self) -> float:
-        return self.median("seconds")
 
 
 class Bench:
@@ -540,52 +446,29 @@ class Bench:
                   storage: {{local: {{path: {self.repo}}}}}
                   retention: {{keepLast: 1}}
                 """))
-        self.env = dict(os.environ, DOCKVAULT_HELPER_IMAGE=self.image, DOCKVAULT_STATE_DIR=str(self.state))
-        self.env.pop("DOCKVAULT_CONFIG_DIR", None)
+        self.env = dockvault_env(self.image, self.state)
         self.plain_env = dict(os.environ, PGPASSWORD=self.server.password)
-        self.dockvault = [sys.executable, "-m", "dockvault"]
         self.load_start = os.getloadavg()
 
     def prepare(self) -> None:
         """Before every timed run: no dirty buffers left in the server, none on the host."""
         self.psql("CHECKPOINT")
-        subprocess.run(["sync"], check=True)
+        sync()
 
     def run_timed(self, cmd: list[str], *, env: dict[str, str], label: str, stdin: Path | None = None,
-                  stdout: Path | None = None, max_wait: float | None = None) -> Run:
-        self.prepare()
-        background = wait_quiet(max_wait)
-        out_path = stdout or self.scratch / "stdout.txt"
-        err_path = self.scratch / "stderr.txt"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err, \
-                (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as inp:
-            jiffies = cpu_jiffies()
-            c0, d0 = self.container_cpu(), self.dockerd_cpu()
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdin=inp, stdout=out, stderr=err, env=env)
-            _, status, usage = os.wait4(proc.pid, 0)
-            seconds = time.perf_counter() - t0
-            c1, d1 = self.container_cpu(), self.dockerd_cpu()
-            b2, t2 = cpu_jiffies()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        machine_busy = (b2 - jiffies[0]) / (t2 - jiffies[1]) if t2 > jiffies[1] else 0.0
+                  stdout: Path | None = None, max_wait: float | None = None) -> DbRun:
+        run = run_timed(cmd, label=label, scratch=self.scratch, env=env, stdin=stdin, stdout=stdout,
+                        prepare=self.prepare, max_wait=max_wait, make=DbRun,
+                        counters={"container_cpu": self.container_cpu, "dockerd_cpu": self.dockerd_cpu})
         # all CPU time the machine spent, less the child's, the container's and dockerd's (containerd-shim and the
         # kernel's writeback are left in: small), per second of the run: other sessions sharing the machine
-        ours = [usage.ru_utime + usage.ru_stime, _delta(c1, c0), _delta(d1, d0)]
-        foreign = (None if None in ours else
-                   max(0.0, ((b2 - jiffies[0]) / os.sysconf("SC_CLK_TCK") - sum(ours)) / seconds))
-        t1 = time.perf_counter()
-        subprocess.run(["sync"], check=True)
-        flush = time.perf_counter() - t1
-        if proc.returncode != 0:
-            text = "" if stdout else out_path.read_text(errors="replace")[-3000:]
-            raise BenchError(f"{label} failed with exit code {proc.returncode}\n$ {shlex.join(cmd)}\n"
-                             f"{text}\n{err_path.read_text(errors='replace')[-3000:]}")
-        return Run(seconds, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, _delta(c1, c0), _delta(d1, d0), flush,
-                   background, machine_busy, foreign)
+        ours = [run.cpu_seconds, run.container_cpu, run.dockerd_cpu]
+        if None not in ours:
+            run.foreign_cores = max(0.0, (run.busy_cpu_seconds - sum(ours)) / run.seconds)
+        return run
 
     # ---- methods
-    def backup_plain(self, subject: Subject, i: int) -> Run:
+    def backup_plain(self, subject: Subject, i: int) -> DbRun:
         subject.plain_file.unlink(missing_ok=True)
         run = self.run_timed(["docker", "exec", "-e", "PGPASSWORD", CONTAINER,
                               "pg_dump", "-U", "postgres", "-Fc", subject.db],
@@ -594,8 +477,8 @@ class Bench:
         run.output_bytes = subject.plain_file.stat().st_size
         return run
 
-    def backup_dockvault(self, subject: Subject, i: int) -> Run:
-        run = self.run_timed([*self.dockvault, "backup", subject.policy, "--config-dir", str(self.config)], env=self.env,
+    def backup_dockvault(self, subject: Subject, i: int) -> DbRun:
+        run = self.run_timed([*DOCKVAULT, "backup", subject.policy, "--config-dir", str(self.config)], env=self.env,
                              label=f"(b) dockvault backup of {subject.db}", max_wait=self.max_wait(subject))
         dumps = sorted(self.repo.glob(f"{subject.policy}/*/{TARGET}.{subject.db}.pgdump"))
         if len(dumps) != 1:
@@ -616,7 +499,7 @@ class Bench:
         self.drop_database(db)
         self.restored.remove(db)
 
-    def restore_plain(self, subject: Subject, i: int) -> Run:
+    def restore_plain(self, subject: Subject, i: int) -> DbRun:
         db = f"bench_restore_{self.token}_{subject.tag}a{i}"
         self.restored.append(db)
         t = time.perf_counter()
@@ -630,7 +513,7 @@ class Bench:
         self.verify("(a') plain pg_restore", subject, db)
         return run
 
-    def restore_dockvault(self, subject: Subject, i: int) -> Run:
+    def restore_dockvault(self, subject: Subject, i: int) -> DbRun:
         db = f"bench_restore_{self.token}_{subject.tag}b{i}"
         self.restored.append(db)
         request = self.config / f"restore-{subject.tag}{i}.yaml"
@@ -646,7 +529,7 @@ class Bench:
                   postgres: {{container: {CONTAINER}, database: {db}}}
             """))
         try:
-            run = self.run_timed([*self.dockvault, "run", "--once", "--config-dir", str(self.config)], env=self.env,
+            run = self.run_timed([*DOCKVAULT, "run", "--once", "--config-dir", str(self.config)], env=self.env,
                                  label=f"(b') dockvault restore of {subject.db}", max_wait=self.max_wait(subject))
         finally:
             request.unlink()
@@ -698,14 +581,6 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
 
     # ---- report
-    def cli_startup(self) -> float:
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            subprocess.run([*self.dockvault, "--version"], capture_output=True, check=True, env=self.env)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
     def summary(self) -> dict:
         m, f = self.methods, self.fixed
         size = self.source_bytes
@@ -760,18 +635,11 @@ class Bench:
                          **{k: self.meta.get(k) for k in ("batches", "scale", "created")}},
             "repeats": self.args.repeat,
             "globals_bytes": getattr(self, "globals_bytes", None),
-            "methods": {k: {"title": v.title.split(None, 1)[1], "seconds_median": v.seconds,
-                            "seconds": [round(r.seconds, 3) for r in v.runs], "mb_per_s": size / 1e6 / v.seconds,
-                            "output_bytes": None if v.runs[0].output_bytes is None else int(v.median("output_bytes")),
-                            "cpu_seconds_median": v.median("cpu_seconds"),
+            "methods": {k: {**v.summary(size),
                             "container_cpu_seconds_median": v.median("container_cpu"),
                             "dockerd_cpu_seconds_median": v.median("dockerd_cpu"),
-                            "sync_after_seconds_median": v.median("flush_seconds"),
-                            "machine_busy_before": [round(r.background, 3) for r in v.runs],
-                            "machine_busy_during": [round(r.machine_busy, 3) for r in v.runs],
                             "foreign_cores": [None if r.foreign_cores is None else round(r.foreign_cores, 3)
-                                              for r in v.runs],
-                            "peak_rss_mib": max(r.maxrss_kib for r in v.runs) / 1024}
+                                              for r in v.runs]}
                         for k, v in m.items()},
             "fixed_cost": {k: {"title": v.title.split(None, 1)[1], "seconds_median": v.seconds,
                                "seconds": [round(r.seconds, 3) for r in v.runs],
@@ -784,36 +652,17 @@ class Bench:
             "ratios": ratios, "peak_rss": rss, "targets": TARGETS, "pass": checks, "quiet": QUIET,
             "calm_foreign_cores": CALM_FOREIGN,
             "load_average": {"start": self.load_start, "end": os.getloadavg()},
-            "dockvault_cli_startup_seconds": self.cli_startup(),
+            "dockvault_cli_startup_seconds": cli_startup(self.env),
+            "rss_floor_mib": rss_floor(self.scratch),
         }
-
-
-def machine() -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB, 1),
-            "python": platform.python_version(), "docker": docker("version", "-f", "{{.Server.Version}}", check=False)}
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or math.isnan(value) else format(value, spec)
 
 
 def print_report(s: dict) -> None:
     M, R, P, T = s["methods"], s["ratios"], s["pass"], s["targets"]
     db, mach = s["database"], s["machine"]
-    mark = lambda ok: "PASS" if ok else "MISS"
     print()
     print(f"dockvault PostgreSQL dump benchmark  {s['date']}")
-    print(f"machine: {mach['cores']} cores ({mach['cpu']}), {mach['memory_gib']} GiB, Linux {mach['kernel']}, "
-          f"Docker {mach['docker']}, Python {mach['python']}, PostgreSQL {s['postgres']}")
+    print(machine_line(mach, f"PostgreSQL {s['postgres']}"))
     print(f"database {db['name']}: {db['bytes']:,} bytes ({human(db['bytes'])}) on disk (pg_database_size), "
           + ", ".join(f"{t} {n:,}" for t, n in db["rows"].items() if t != "bench_meta") + " rows")
     print("  largest relations: " + ", ".join(f"{r['name']} {human(r['total_bytes'])}" for r in db["relations"][:6]))
@@ -821,20 +670,15 @@ def print_report(s: dict) -> None:
     print()
     header = (f"{'method':46} {'seconds':>8} {'MB/s':>7} {'dump bytes':>13} {'RSS MiB':>8} {'cpu s':>6} "
               f"{'ctr cpu':>7} {'dockerd':>7} {'sync s':>6}  runs (s) [foreign load, cores]")
-    for title, keys in (("BACKUP", ("a", "b")), ("RESTORE", ("a'", "b'"))):
-        print(title)
-        print(header)
-        for k in keys:
-            v = M[k]
-            out = f"{v['output_bytes']:,}" if v["output_bytes"] is not None else "-"
-            print(f"{'(' + k + ')':5}{v['title']:41} {v['seconds_median']:8.2f} {v['mb_per_s']:7.1f} {out:>13} "
-                  f"{v['peak_rss_mib']:8.1f} {v['cpu_seconds_median']:6.2f} "
-                  f"{fmt(v['container_cpu_seconds_median'], '7.1f'):>7} {fmt(v['dockerd_cpu_seconds_median'], '7.2f'):>7} "
-                  f"{v['sync_after_seconds_median']:6.2f}  "
-                  + " ".join(f"{x:.2f}" for x in v["seconds"])
-                  + "  [" + " ".join(fmt(f, ".2f") for f in v["foreign_cores"]) + "]")
-        print()
-    print("RSS and cpu s: the child process (docker CLI or dockvault) from wait4; ctr cpu: the database container's")
+    print_methods(M, header, lambda v, out: (
+        f"{v['title']:41} {v['seconds_median']:8.2f} {v['mb_per_s']:7.1f} {out:>13} "
+        f"{v['peak_rss_mib']:8.1f} {v['cpu_seconds_median']:6.2f} "
+        f"{fmt(v['container_cpu_seconds_median'], '7.1f'):>7} {fmt(v['dockerd_cpu_seconds_median'], '7.2f'):>7} "
+        f"{v['sync_after_seconds_median']:6.2f}  "
+        + " ".join(f"{x:.2f}" for x in v["seconds"])
+        + "  [" + " ".join(fmt(f, ".2f") for f in v["foreign_cores"]) + "]"))
+    print("RSS and cpu s: the child process (docker CLI or dockvault) from wait4, started by a small spawner process")
+    print(f"  (floor: `true` reports {s['rss_floor_mib']:.1f} MiB); ctr cpu: the database container's")
     print("  cgroup (pg_dump/pg_restore and the server backend); dockerd: the private engine relaying the exec stream;")
     print("  sync s: the host `sync` right after the run (dockvault fsyncs its artifact inside the run, the plain")
     print(f"  redirect does not). dockvault's globals dump (pg_dumpall --globals-only): {s['globals_bytes']} bytes.")
@@ -883,50 +727,26 @@ def print_report(s: dict) -> None:
         ("dockvault peak RSS, restore", f"{s['peak_rss']['restore_mib']:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB",
          mark(P["rss_restore"])),
     ]
-    for row in rows:
-        print(f"  {row[0]:32} {row[1]:>12}   {row[2]:14} {row[3]}")
+    print_rows(rows)
+
+
+def size_arg(text: str) -> int:
+    return parse_size(text, why=" (an empty database is ~7.5 MiB)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--size", type=parse_size, default=parse_size("500M"),
+    parser.add_argument("--size", type=size_arg, default=size_arg("500M"),
                         help="approximate on-disk size of the database, e.g. 50M or 1G (default 500M)")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of every method; medians are reported (default 3)")
     parser.add_argument("--keep", action="store_true",
                         help=f"keep the server container {CONTAINER} and its volume (and database) for the next run")
-    parser.add_argument("--json", action="store_true", help="also print a JSON summary")
-    parser.add_argument("--quiet-wait", type=float, default=QUIET["max_wait"], metavar="SECONDS",
-                        help="before each timed run, wait up to this long for the machine to be idle (default 15; 0: never)")
+    add_run_options(parser)
     args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    missing = [v for v in ("DOCKER_HOST", "DOCKVAULT_TEST_IMAGE") if not os.environ.get(v)]
-    if missing:
-        parser.error(f"{' and '.join(missing)} not set: run through the harness, e.g. "
-                     "`bash scripts/harness.sh python3 benchmarks/db_dump.py --size 50M` (a private dockerd)")
-    for tool in ("docker", "sync"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is not installed")
-
-    QUIET["max_wait"] = max(0.0, args.quiet_wait)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    bench = Bench(args)
-    try:
-        bench.setup()
-        bench.run()
-        summary = bench.summary()
-    except BenchError as exc:
-        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        bench.cleanup()
-    print_report(summary)
-    if args.json:
-        print()
-        print(json.dumps(summary, indent=1))
-    return 0
+    check_args(parser, args, example="bash scripts/harness.sh python3 benchmarks/db_dump.py --size 50M")
+    return run_bench(Bench(args), args.json, print_report)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ page cache, thermal) hits all of them alike; `sync` runs before every timed comm
   (b') raw:   zstd -d < file | tar -x -C DIR                             (on the host)
   (c') dockvault run --once --config-dir DIR   with a RestoreRequest into a fresh volume
 
-Peak RSS of the dockvault processes comes from os.wait4() on each child (ru_maxrss, KiB); the children are
-started by a small spawner process, because Linux carries the parent's peak RSS into a child's ru_maxrss.
+Wall time, peak RSS and CPU seconds of every timed command are measured as in all the benchmarks here
+(common.run_timed): os.wait4() of the command started by a small spawner process (ru_maxrss, KiB).
 Every restore is checked against the source tree (paths and sizes of all files, sha256 of samples).
 Targets are printed with PASS/MISS; nothing is asserted except correctness.
 """
@@ -31,12 +31,9 @@ import hashlib
 import itertools
 import json
 import os
-import platform
 import random
-import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,14 +42,17 @@ import textwrap
 import time
 import uuid
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from common import (DOCKVAULT, GiB, MiB, QUIET, BenchError, Method, Run, add_run_options, check_args, cli_startup,
+                    docker, dockvault_env, human, log, machine, machine_line, mark, mountpoint, parse_size,
+                    print_methods, print_rows, remove_volume, remove_volumes, rss_floor, run_bench, run_timed, size_label, sync,
+                    volume_exists)
 
 VOLUME_PREFIX = "dockvault-bench"
 MARKER = ".dockvault-bench.json"
 GENERATOR = 1  # bump when the content recipe changes: old volumes are then rebuilt
-GiB = 1 << 30
-MiB = 1 << 20
 SMALL_FILES_PER_GIB = 20_000
 SHARES = {"text": 0.35, "logs": 0.35, "random": 0.30}
 POLICY = "bench"
@@ -64,63 +64,6 @@ TARGETS = {
     "restore_vs_raw": 0.85,     # throughput (c')/(b') >=
     "rss_mib": 100.0,           # peak RSS of dockvault, backup and restore <=
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-# ------------------------------------------------------------------------------------------ sizes --
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 256M or 1G)")
-    value = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
-    if value < 16 * MiB:
-        raise argparse.ArgumentTypeError("size must be at least 16M")
-    return int(value)
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def size_label(n: int) -> str:
-    if n % GiB == 0:
-        return f"{n // GiB}g"
-    if n % MiB == 0:
-        return f"{n // MiB}m"
-    return str(n)
-
-
-# ------------------------------------------------------------------------------------------ docker --
-def docker(*args: str, check: bool = True) -> str:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if check and result.returncode != 0:
-        raise BenchError(f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result.stdout.strip()
-
-
-def volume_exists(name: str) -> bool:
-    return subprocess.run(["docker", "volume", "inspect", name], capture_output=True,
-                          stdin=subprocess.DEVNULL).returncode == 0
-
-
-def mountpoint(name: str) -> Path:
-    return Path(docker("volume", "inspect", "-f", "{{.Mountpoint}}", name))
-
-
-def remove_volume(name: str) -> None:
-    if volume_exists(name):
-        docker("volume", "rm", "-f", name)
 
 
 # ------------------------------------------------------------------------------- test volume data --
@@ -262,7 +205,7 @@ def ensure_volume(size: int, seed: int) -> tuple[str, Path, dict]:
     counts = generate(root, size, seed)
     recorded = {**wanted, **counts, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     (root / MARKER).write_text(json.dumps(recorded, indent=1) + "\n")
-    subprocess.run(["sync"], check=True)
+    sync()
     log(f"volume built in {time.perf_counter() - t:.1f}s")
     return name, root, recorded
 
@@ -332,131 +275,6 @@ def verify(label: str, source_root: Path, source: Tree, samples: dict[str, str],
         raise BenchError(f"RESTORE CHECK FAILED for {label} ({restored_root} vs {source_root}): " + "; ".join(problems))
 
 
-# ------------------------------------------------------------------------------------ timed runs --
-def cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:9]]
-    return sum(values) - values[3] - values[4], sum(values)
-
-
-def busy_fraction(interval: float) -> float:
-    b1, t1 = cpu_jiffies()
-    time.sleep(interval)
-    b2, t2 = cpu_jiffies()
-    return (b2 - b1) / (t2 - t1) if t2 > t1 else 0.0
-
-
-QUIET = {"threshold": 0.25, "max_wait": 15.0}  # share of all cores; seconds
-
-
-def wait_quiet() -> float:
-    """Other sessions may share the machine: wait (a bounded time) for a second with little CPU use."""
-    deadline = time.monotonic() + QUIET["max_wait"]
-    while True:
-        busy = busy_fraction(0.5)
-        if busy <= QUIET["threshold"] or time.monotonic() >= deadline:
-            return busy
-
-
-SPAWNER_CODE = r"""
-import json, os, subprocess, sys, time
-for line in sys.stdin:
-    req = json.loads(line)
-    with open(req["stdout"], "wb") as out, open(req["stderr"], "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(req["cmd"], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=req["env"])
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    print(json.dumps({"code": proc.returncode, "seconds": seconds, "maxrss_kib": usage.ru_maxrss,
-                      "cpu": usage.ru_utime + usage.ru_stime}), flush=True)
-"""
-
-
-class Spawner:
-    """Starts the timed commands from a small process launched before this one grows.
-
-    Linux keeps the peak RSS across fork and exec (exec folds the old address space's peak into the
-    process's maxrss, and with vfork that is the parent's), so a child of this benchmark, which holds
-    the file list and built the volume, would report at least the benchmark's own peak in ru_maxrss.
-    The spawner is a bare Python (about 13 MiB): that is the floor of what wait4 can report.
-    """
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", SPAWNER_CODE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-
-    def run(self, cmd: list[str], env: dict[str, str] | None, stdout: Path, stderr: Path) -> dict:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps({"cmd": cmd, "env": env, "stdout": str(stdout), "stderr": str(stderr)}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise BenchError(f"the spawner process died (exit code {self.proc.poll()})")
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-SPAWNER: Spawner | None = None
-
-
-@dataclass
-class Run:
-    seconds: float
-    maxrss_kib: int
-    cpu_seconds: float
-    flush_seconds: float          # the `sync` right after the run: writeback the command left behind
-    background: float = 0.0       # share of all cores busy in the half second before the run
-    machine_busy: float = 0.0     # share of all cores busy during the run (ours and everyone else's)
-    output_bytes: int | None = None
-    stdout: str = ""
-
-
-def run_timed(cmd: list[str], *, env: dict[str, str] | None = None, label: str, scratch: Path) -> Run:
-    """sync, then run `cmd` to completion (through the spawner); wall time, and the child's rusage from wait4."""
-    subprocess.run(["sync"], check=True)
-    background = wait_quiet()
-    jiffies = cpu_jiffies()
-    out_path, err_path = scratch / "stdout.txt", scratch / "stderr.txt"
-    assert SPAWNER is not None
-    result = SPAWNER.run(cmd, env, out_path, err_path)
-    seconds, code = result["seconds"], result["code"]
-    b2, t2 = cpu_jiffies()
-    machine_busy = (b2 - jiffies[0]) / (t2 - jiffies[1]) if t2 > jiffies[1] else 0.0
-    t1 = time.perf_counter()
-    subprocess.run(["sync"], check=True)
-    flush = time.perf_counter() - t1
-    stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
-    if code != 0:
-        raise BenchError(f"{label} failed with exit code {code}\n$ {shlex.join(cmd)}\n"
-                         f"{stdout[-3000:]}\n{stderr[-3000:]}")
-    return Run(seconds, result["maxrss_kib"], result["cpu"], flush, background, machine_busy, stdout=stdout)
-
-
-@dataclass
-class Method:
-    key: str
-    title: str
-    runs: list[Run] = field(default_factory=list)
-
-    def median(self, attr: str) -> float:
-        values = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
-        return statistics.median(values) if values else float("nan")
-
-    @property
-    def seconds(self) -> float:
-        return self.median("seconds")
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -514,9 +332,7 @@ class Bench:
               retention: {{keepLast: 1}}
             """))
         self.load_start = os.getloadavg()
-        self.env = dict(os.environ, DOCKVAULT_HELPER_IMAGE=self.image, DOCKVAULT_STATE_DIR=str(self.state))
-        self.env.pop("DOCKVAULT_CONFIG_DIR", None)
-        self.dockvault = [sys.executable, "-m", "dockvault"]
+        self.env = dockvault_env(self.image, self.state)
 
     # ---- methods
     def backup_seed(self) -> Run:
@@ -535,7 +351,7 @@ class Bench:
         return run
 
     def backup_dockvault(self) -> Run:
-        run = run_timed([*self.dockvault, "backup", POLICY, "--config-dir", str(self.config)], env=self.env,
+        run = run_timed([*DOCKVAULT, "backup", POLICY, "--config-dir", str(self.config)], env=self.env,
                         label="(c) dockvault backup", scratch=self.scratch)
         artifacts = sorted(self.repo.glob(f"{POLICY}/*/data.tar.zst"))
         if len(artifacts) != 1:
@@ -578,7 +394,7 @@ class Bench:
                   volume: {{name: {vol}, overwrite: false}}
             """))
         try:
-            run = run_timed([*self.dockvault, "run", "--once", "--config-dir", str(self.config)], env=self.env,
+            run = run_timed([*DOCKVAULT, "run", "--once", "--config-dir", str(self.config)], env=self.env,
                             label="(c') dockvault restore", scratch=self.scratch)
         finally:
             request.unlink()
@@ -594,7 +410,7 @@ class Bench:
         shutil.rmtree(self.raw_restore, ignore_errors=True)
         for f in (self.seed_dir / "x.tar.gz", self.raw_dir / "x.tar.zst"):
             f.unlink(missing_ok=True)
-        subprocess.run(["sync"], check=True)
+        sync()
 
     def run(self) -> None:
         steps = [("a", self.backup_seed), ("b", self.backup_raw), ("c", self.backup_dockvault),
@@ -611,37 +427,16 @@ class Bench:
             self.clean_repeat()
 
     def cleanup(self) -> None:
-        for vol in self.restore_volumes:
-            try:
-                remove_volume(vol)
-            except BenchError as exc:
-                log(f"warning: {exc}")
+        remove_volumes(*self.restore_volumes)
         if getattr(self, "work", None):
             shutil.rmtree(self.work, ignore_errors=True)
         if not self.args.keep and getattr(self, "volume", None):
-            try:
-                remove_volume(self.volume)
-            except BenchError as exc:
-                log(f"warning: {exc}")
+            remove_volumes(self.volume)
 
     # ---- report
-    def rss_floor(self) -> float:
-        """What wait4 reports for a trivial command: the lowest peak RSS this set-up can measure."""
-        assert SPAWNER is not None
-        return SPAWNER.run(["true"], None, self.scratch / "stdout.txt", self.scratch / "stderr.txt")["maxrss_kib"] / 1024
-
-    def cli_startup(self) -> float:
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            subprocess.run([*self.dockvault, "--version"], capture_output=True, check=True, env=self.env)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
     def summary(self) -> dict:
         m = self.methods
         raw = self.source.bytes
-        tput = {k: raw / 1e6 / v.seconds for k, v in m.items()}
         ratios = {
             "backup_vs_seed": m["a"].seconds / m["c"].seconds,
             "backup_vs_raw": m["b"].seconds / m["c"].seconds,
@@ -664,24 +459,18 @@ class Bench:
         }
         return {
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": machine(),
+            "machine": machine("zstd", "tar"),
             "code": code_version(),
             "work_dir": self.where,
             "volume": {"name": self.volume, "size_arg": self.args.size, "raw_bytes": raw, "files": len(self.source.files),
                        "dirs": self.source.dirs, "seed": self.args.seed,
                        **{k: self.marker.get(k) for k in ("small_text_files", "log_files", "random_files")}},
             "repeats": self.args.repeat,
-            "methods": {k: {"title": v.title.split(None, 1)[1], "seconds_median": v.seconds,
-                            "seconds": [round(r.seconds, 3) for r in v.runs], "mb_per_s": tput[k],
-                            "output_bytes": None if v.runs[0].output_bytes is None else int(v.median("output_bytes")),
-                            "cpu_seconds_median": v.median("cpu_seconds"), "sync_after_seconds_median": v.median("flush_seconds"),
-                            "machine_busy_before": [round(r.background, 3) for r in v.runs],
-                            "machine_busy_during": [round(r.machine_busy, 3) for r in v.runs],
-                            "peak_rss_mib": max(r.maxrss_kib for r in v.runs) / 1024}
-                        for k, v in m.items()},
+            "methods": {k: v.summary(raw) for k, v in m.items()},
             "ratios": ratios, "peak_rss": rss, "targets": TARGETS, "pass": checks, "quiet": QUIET,
             "load_average": {"start": self.load_start, "end": os.getloadavg()},
-            "dockvault_cli_startup_seconds": self.cli_startup(),
+            "dockvault_cli_startup_seconds": cli_startup(self.env),
+            "rss_floor_mib": rss_floor(self.scratch),
         }
 
 
@@ -707,28 +496,6 @@ def code_version() -> dict:
     return info
 
 
-def machine() -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    def version(cmd: list[str]) -> str:
-        try:
-            text = subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
-            m = re.search(r"v?(\d+\.\d+(?:\.\d+)?)", text)
-            return f"{cmd[0]} {m.group(1)}" if m else text
-        except (OSError, IndexError):
-            return "?"
-    return {"cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB, 1),
-            "python": platform.python_version(), "docker": docker("version", "-f", "{{.Server.Version}}", check=False),
-            "zstd": version(["zstd", "--version"]), "tar": version(["tar", "--version"])}
-
-
 def results_cache() -> Path:
     base = os.environ.get("DOCKVAULT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dockvault")
@@ -738,11 +505,9 @@ def results_cache() -> Path:
 def print_report(s: dict) -> None:
     M, R, P, T = s["methods"], s["ratios"], s["pass"], s["targets"]
     vol, mach = s["volume"], s["machine"]
-    mark = lambda ok: "PASS" if ok else "MISS"  # noqa: E731
     print()
     print(f"dockvault volume benchmark  {s['date']}")
-    print(f"machine: {mach['cores']} cores ({mach['cpu']}), {mach['memory_gib']} GiB, Linux {mach['kernel']}, "
-          f"Docker {mach['docker']}, Python {mach['python']}, {mach['zstd']}, {mach['tar']}")
+    print(machine_line(mach, mach["zstd"], mach["tar"]))
     print(f"volume {vol['name']}: {vol['raw_bytes']:,} bytes ({human(vol['raw_bytes'])}) in {vol['files']:,} files "
           f"({vol['small_text_files']} small text, {vol['log_files']} logs, {vol['random_files']} random), "
           f"{vol['dirs']} dirs, seed {vol['seed']}")
@@ -754,17 +519,11 @@ def print_report(s: dict) -> None:
     print()
     header = (f"{'method':40} {'seconds':>8} {'MB/s':>8} {'output bytes':>14} {'cpu s':>7} {'sync s':>7} {'busy':>5}"
               "  runs (s)")
-    for title, keys in (("BACKUP", ("a", "b", "c")), ("RESTORE", ("a'", "b'", "c'"))):
-        print(title)
-        print(header)
-        for k in keys:
-            v = M[k]
-            out = f"{v['output_bytes']:,}" if v["output_bytes"] is not None else "-"
-            print(f"{'(' + k + ')':5}{v['title']:35} {v['seconds_median']:8.2f} {v['mb_per_s']:8.1f} {out:>14} "
-                  f"{v['cpu_seconds_median']:7.1f} {v['sync_after_seconds_median']:7.2f} "
-                  f"{statistics.median(v['machine_busy_before']):5.0%}  "
-                  + " ".join(f"{x:.2f}" for x in v["seconds"]))
-        print()
+    print_methods(M, header, lambda v, out: (
+        f"{v['title']:35} {v['seconds_median']:8.2f} {v['mb_per_s']:8.1f} {out:>14} "
+        f"{v['cpu_seconds_median']:7.1f} {v['sync_after_seconds_median']:7.2f} "
+        f"{statistics.median(v['machine_busy_before']):5.0%}  "
+        + " ".join(f"{x:.2f}" for x in v["seconds"])))
     print("cpu s: user+sys of the child from wait4 (for docker run only the CLI, not the container);")
     print("sync s: the `sync` right after the run (writeback it left behind; dockvault fsyncs its artifact, and the")
     print("        removal of any container unmounts an overlayfs, which syncs the whole filesystem, inside the run)")
@@ -790,8 +549,7 @@ def print_report(s: dict) -> None:
         ("dockvault peak RSS, backup", f"{s['peak_rss']['backup_mib']:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB", mark(P["rss_backup"])),
         ("dockvault peak RSS, restore", f"{s['peak_rss']['restore_mib']:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB", mark(P["rss_restore"])),
     ]
-    for row in rows:
-        print(f"  {row[0]:32} {row[1]:>12}   {row[2]:14} {row[3]}")
+    print_rows(rows)
     print()
     print("NOTE: dockvault peak RSS by volume size (this run, and the latest earlier run of each other size on this machine):")
     history = rss_history(s)
@@ -842,44 +600,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="repeats of every method; the median is reported (default 3)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the volume content (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the test volume for the next run on the same engine")
-    parser.add_argument("--json", action="store_true", help="also print a JSON summary")
-    parser.add_argument("--quiet-wait", type=float, default=QUIET["max_wait"], metavar="SECONDS",
-                        help="before each timed run, wait up to this long for the machine to be idle (default 15; 0: never)")
+    add_run_options(parser)
     args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    missing = [v for v in ("DOCKER_HOST", "DOCKVAULT_TEST_IMAGE") if not os.environ.get(v)]
-    if missing:
-        parser.error(f"{' and '.join(missing)} not set: run through the harness, e.g. "
-                     "`make benchmark BENCH_ARGS=\"--size 256M\"` (a private dockerd; never the system one)")
-    for tool in ("docker", "tar", "zstd", "bash", "sync"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is not installed")
-    if os.geteuid() != 0:
-        parser.error("must run as root: the test volume is written straight into its Mountpoint")
-
-    QUIET["max_wait"] = max(0.0, args.quiet_wait)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global SPAWNER
-    SPAWNER = Spawner()  # first, while this process is still small
-    bench = Bench(args)
-    try:
-        bench.setup()
-        bench.run()
-        summary = bench.summary()
-        summary["rss_floor_mib"] = bench.rss_floor()
-    except BenchError as exc:
-        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        bench.cleanup()
-        SPAWNER.close()
-    print_report(summary)
-    save_result(summary)
-    if args.json:
-        print()
-        print(json.dumps(summary, indent=1))
-    return 0
+    check_args(parser, args, example='make benchmark BENCH_ARGS="--size 256M"',
+               tools=("docker", "tar", "zstd", "bash", "sync"), root=True)
+    return run_bench(Bench(args), args.json, print_report, save_result)
 
 
 if __name__ == "__main__":
