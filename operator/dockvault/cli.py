@@ -24,7 +24,7 @@ from .api import BackupPolicy, load_paths
 from .api.common import format_duration
 from .api.policy import BackupPolicyStatus
 from .controller.retention import plan_retention
-from .controller.status import policy_status
+from .controller.status import parse_time, policy_status
 from .credentials import install_log_masking
 from .engine.core import DEFAULT_HELPER_IMAGE, Engine, EngineError
 from .frontends.httpserver import MetricsServer
@@ -247,9 +247,9 @@ def _human(n: int | None) -> str:
 
 
 def _age(when: str | datetime | None, now: datetime) -> str:
-    if when is None:
+    moment = parse_time(when) if isinstance(when, str) else when
+    if moment is None:
         return "-"
-    moment = datetime.fromisoformat(when.replace("Z", "+00:00")) if isinstance(when, str) else when
     seconds = int((now - moment).total_seconds())
     if seconds < 0:
         return "in " + _age(now, moment)

@@ -7,13 +7,13 @@ every expression is evaluated exactly as shipped.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from datetime import datetime
@@ -24,6 +24,7 @@ import yaml
 
 from tests.e2e.cli import dockvault
 from tests.treecheck import populate_volume
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "dockvault-rules.yaml"
@@ -41,18 +42,7 @@ def get_json(url: str) -> dict:
         return json.load(response)
 
 
-def wait_for(check, what: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as exc:  # not listening yet
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+until = functools.partial(eventually, timeout=90, tolerate=(OSError,))  # OSError: not listening yet
 
 
 @pytest.fixture
@@ -107,30 +97,30 @@ def test_rpo_alert_fires_when_overdue_and_resolves_after_a_backup(promtool_or_sk
         return None
 
     try:
-        wait_for(lambda: NO_PROXY.open(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5).status == 200,
-                 "dockvault to be ready")
-        wait_for(lambda: query('up{job="dockvault"} == 1'), "Prometheus to scrape dockvault")
+        until("dockvault to be ready",
+              lambda: NO_PROXY.open(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5).status == 200)
+        until("Prometheus to scrape dockvault", lambda: query('up{job="dockvault"} == 1'))
         exposition = NO_PROXY.open(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
         lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True)
         assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
         manifest = json.loads(next(repo_dir.glob("rpo-demo/*/manifest.json")).read_text())
         completed = manifest["status"]["completedAt"].replace("Z", "+00:00")
-        sample = wait_for(lambda: query('dockvault_rpo_age_seconds{policy="rpo-demo"}'), "dockvault_rpo_age_seconds")[0]
+        sample = until("dockvault_rpo_age_seconds", lambda: query('dockvault_rpo_age_seconds{policy="rpo-demo"}'))[0]
         age = float(sample["value"][0]) - datetime.fromisoformat(completed).timestamp()
         assert abs(float(sample["value"][1]) - age) < 2.5, (sample, age)  # the exported age is the backup's age
 
         # the scheduled drill's measured RTO reaches Prometheus
-        rto = wait_for(lambda: query('dockvault_rto_seconds{policy="rpo-demo"}'), "the drill's measured RTO")
+        rto = until("the drill's measured RTO", lambda: query('dockvault_rto_seconds{policy="rpo-demo"}'))
         assert 0 < float(rto[0]["value"][1]) < 1800
-        assert wait_for(lambda: query('dockvault_drill_last_success_timestamp_seconds{policy="rpo-demo"}'), "drill time")
+        assert until("drill time", lambda: query('dockvault_drill_last_success_timestamp_seconds{policy="rpo-demo"}'))
 
-        wait_for(lambda: alert_state("DockvaultRPOBreached") == "firing", "the RPO alert to fire")
+        until("the RPO alert to fire", lambda: alert_state("DockvaultRPOBreached") == "firing")
         firing = [a for a in get_json(f"{api}/alerts")["data"]["alerts"]
                   if a["labels"]["alertname"] == "DockvaultRPOBreached"][0]
         assert firing["labels"]["severity"] and "rpo-demo" in firing["annotations"]["summary"]
 
         dockvault("backup", "rpo-demo", env=cli_env)  # a fresh backup, made by hand in another process
-        wait_for(lambda: alert_state("DockvaultRPOBreached") is None, "the RPO alert to resolve")
+        until("the RPO alert to resolve", lambda: alert_state("DockvaultRPOBreached") is None)
         fresh = float(query('dockvault_rpo_age_seconds{policy="rpo-demo"}')[0]["value"][1])
         assert fresh < 12
         assert float(query('dockvault_repository_backups{policy="rpo-demo"}')[0]["value"][1]) == 2

@@ -13,6 +13,7 @@ import pytest
 
 from tests.e2e.cli import write_policy, write_restore
 from tests.treecheck import populate_volume, snapshot_volume
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -22,16 +23,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def wait_for(condition, what: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_watched_directory_applies_changes_without_restart(docker_client, volumes, repo_dir, tmp_path, test_image):
@@ -49,19 +40,20 @@ def test_watched_directory_applies_changes_without_restart(docker_client, volume
     try:
         time.sleep(1.0)
         write_policy(config, name="watched", volume=source, repo=repo_dir)
-        manifest = wait_for(lambda: next(repo_dir.glob("watched/*/manifest.json"), None), "the new policy's first backup")
+        manifest = eventually("the new policy's first backup",
+                              lambda: next(repo_dir.glob("watched/*/manifest.json"), None), 90)
 
         (config / "broken.yaml").write_text("apiVersion: dockvault.io/v1alpha1\nkind: BackupPolicy\nmetadata: {name: broken}\n"
                                             "spec: {targets: [], storage: {local: {path: /x}}}\n")
-        wait_for(lambda: logged("broken.yaml: BackupPolicy broken: spec.targets: List should have at least 1 item"),
-                 "the bad file's error in the log")
+        eventually("the bad file's error in the log",
+                   lambda: logged("broken.yaml: BackupPolicy broken: spec.targets: List should have at least 1 item"), 90)
 
         write_restore(config, name="from-watch", policy="watched", volume=restored)
-        wait_for(lambda: logged("restore from-watch succeeded"), "the restore")
+        eventually("the restore", lambda: logged("restore from-watch succeeded"), 90)
         assert snapshot_volume(docker_client, restored) == snapshot_volume(docker_client, source)
 
         (config / "watched.yaml").unlink()
-        wait_for(lambda: logged("policy watched removed"), "the removal to be noticed")
+        eventually("the removal to be noticed", lambda: logged("policy watched removed"), 90)
         assert proc.poll() is None, "a bad or removed file must not stop dockvault"
         assert manifest.exists()  # removing a policy never deletes its backups
     finally:

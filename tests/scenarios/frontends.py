@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,17 +193,6 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(60)
         except subprocess.TimeoutExpired:
             kill(process)
-
-
-def eventually(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.scenarios.frontends import FRONTENDS, condition, eventually, kill, stop
+from tests.scenarios.frontends import FRONTENDS, condition, kill, stop
 from tests.treecheck import APP_LOOP, populate_volume, snapshot_volume
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -183,7 +184,7 @@ def test_sigkill_during_a_quiesced_backup_is_repaired_by_the_next_start(frontend
     """The front end runs as a process (as a service or a pod) and is killed mid-archive while the application is
     stopped; the next start resumes the application, removes the helper and the temporaries, and backs up."""
     source = volumes("core-kill")
-    populate_volume(docker_client, source, megabytes=150)
+    populate_volume(docker_client, source, megabytes=200)
     app = docker_client.containers.run(test_image, ["sh", "-c", APP_LOOP], name=unique("core-kill-app"), detach=True,
                                        network_mode="none", volumes={source: {"bind": "/data", "mode": "rw"}})
     try:
@@ -193,7 +194,7 @@ def test_sigkill_during_a_quiesced_backup_is_repaired_by_the_next_start(frontend
         try:
             eventually("a helper archiving while the application is stopped", lambda: (
                 docker_client.containers.list(filters={"label": "dockvault.io/job"})
-                and docker_client.containers.get(app.id).status == "exited"), timeout=90)
+                and docker_client.containers.get(app.id).status == "exited"), timeout=90, interval=0.02)
         finally:
             kill(first)
         assert docker_client.containers.get(app.id).status == "exited"  # left stopped by the killed process

@@ -137,11 +137,15 @@ def policy_patch(
     *,
     measured: Measurement | None = None,
     drill: Drill | None = None,
+    policy: BackupPolicy | None = None,
 ) -> dict[str, Any]:
-    """The policy's whole status (camelCase, for patch.status) from its body, its repository's backups and its last run."""
+    """The policy's whole status (camelCase, for patch.status) from its body, its repository's backups and its last run.
+    `policy`: the body already parsed, when the caller has it."""
     generation = (policy_body.get("metadata") or {}).get("generation")
     previous = previous_status(policy_body)
-    policy, errors = parse_policy(policy_body)
+    errors: list[str] = []
+    if policy is None:
+        policy, errors = parse_policy(policy_body)
     if policy is None:
         return invalid_policy_patch(errors, previous=previous.conditions, generation=generation, now=now)
     status = policy_status(policy, backups, last_attempt, now=now, measured=measured, drill=drill,
@@ -205,10 +209,13 @@ def spec_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def restore_should_run(body: Mapping[str, Any]) -> bool:
-    """False once a terminal phase is recorded for this very spec; a changed spec runs again."""
+def restore_should_run(body: Mapping[str, Any], digest: str | None = None) -> bool:
+    """False once a terminal phase is recorded for this very spec; a changed spec runs again.
+    `digest`: the spec's hash when the caller has parsed the request already."""
     status = body.get("status") or {}
-    return not (status.get("phase") in TERMINAL and status.get("specHash") == spec_hash(body))
+    if status.get("phase") not in TERMINAL:
+        return True
+    return status.get("specHash") != (digest or spec_hash(body))
 
 
 def restore_interrupted(body: Mapping[str, Any]) -> bool:

@@ -233,12 +233,12 @@ class Runtime:
     # --- status out ----------------------------------------------------------------------------------
     def policy_status(self, key: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """The policy's whole status (camelCase) from its body, its repository and the state."""
-        policy, errors = parse_policy(body)
+        policy, _ = parse_policy(body)
         if policy is None:
-            return policy_patch(body, [], None, now_utc())
+            return policy_patch(body, [], None, now_utc())  # the errors as the Ready condition
         status = policy_patch(body, repository_for(policy).backups(policy.name), self.state.last_attempt(key),
                               now_utc(), measured=self.state.last_measurement(key),
-                              drill=self.state.last_drill(key))
+                              drill=self.state.last_drill(key), policy=policy)
         return {**status, **self.state.policy_extras(key)}
 
     def report(self, result: JobResult) -> None:
@@ -289,7 +289,7 @@ class Runtime:
                 request, _ = parse_restore(restore_body)
                 if ns != namespace or request is None or request.spec.policy != policy_name:
                     continue
-                if not restore_should_run(restore_body):
+                if not restore_should_run(restore_body, request.spec_hash):
                     continue
                 rkey = key_of(ns, name)
                 self.state.observe_restore(rkey, restore_body, spec_hash=request.spec_hash, policy=key)

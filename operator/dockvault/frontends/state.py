@@ -116,13 +116,11 @@ class StateStore:
                          (policy,))
 
     def sync_backups(self, policy: str, backups: Iterable[Backup]) -> None:
-        """Rebuild successful runs from manifests; runs interrupted by a crash are marked failed."""
+        """Rebuild the runs from the repository's manifests (runs a crash interrupted: JobRunner.recover_policy)."""
         for backup in backups:
             st = backup.status
             self.record_attempt(policy, Attempt(backup.id, st.phase, st.started_at, st.completed_at, st.bytes, None,
                                                 backup.spec.trigger))
-        self._run("UPDATE attempts SET phase='Failed', message='interrupted: dockvault stopped during the backup' "
-                  "WHERE policy=? AND phase='Running'", (policy,))
 
     # --- restores ----------------------------------------------------------------------------
     def restore_status(self, name: str, spec_hash: str) -> RestoreRequestStatus | None:
