@@ -362,3 +362,63 @@ def test_no_byte_of_a_bad_member_is_forwarded(format, sizes, bad):
     assert error is not None
     assert b"SECRET" not in out
     assert out == archive.data[:archive.starts[2]]
+
+
+# --- EndMarker: the backup side's proof that a tar stream is complete ----------------------------------------------
+
+def _archive(members: list[tuple[str, bytes]], fmt: int, big_pax_size: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000.25
+            if big_pax_size and fmt == tarfile.PAX_FORMAT:
+                info.pax_headers = {"size": str(len(data))}  # as GNU tar writes it for files over 8 GiB
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, "t" * 150
+        tar.addfile(link)
+    return buffer.getvalue()
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in zip(points, points[1:])]
+
+
+MEMBERS = st.lists(st.tuples(st.text("abc/é", min_size=1, max_size=120).filter(lambda n: n.strip("/")),
+                             st.binary(max_size=3000)), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(MEMBERS, st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT]), st.booleans(),
+       st.lists(st.integers(min_value=0), max_size=12))
+def test_end_marker_is_seen_in_a_complete_archive_however_it_is_split(members, fmt, big_pax, cuts):
+    from dockvault.sources.tarstream import EndMarker
+
+    data = _archive(members, fmt, big_pax)
+    end = EndMarker()
+    assert b"".join(end.watch(_split(data, cuts))) == data  # passed through unchanged
+    assert end.seen and not end.problem and end.members == len(members) + 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(MEMBERS, st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT]), st.integers(min_value=0),
+       st.lists(st.integers(min_value=0), max_size=6))
+def test_end_marker_is_not_seen_in_a_truncated_archive(members, fmt, cut, cuts):
+    from dockvault.sources.tarstream import EndMarker
+
+    data = _archive(members, fmt)
+    payload_end = len(data.rstrip(b"\0"))  # the last member's last byte: the marker comes after it
+    truncated = data[:cut % (payload_end + 1024)]
+    end = EndMarker()
+    list(end.watch(_split(truncated, cuts)))
+    assert not end.seen
+
+
+def test_end_marker_names_a_stream_that_is_not_tar():
+    from dockvault.sources.tarstream import EndMarker
+
+    end = EndMarker()
+    list(end.watch([b"this is not a tar archive" * 100]))
+    assert not end.seen and end.problem == "no tar header where member 1 should start"

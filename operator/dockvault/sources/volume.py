@@ -13,6 +13,7 @@ from ..engine.quiesce import Journal, quiesced
 from .base import BackupContext, Opener, RestoreContext, RestoreRefused, SourceError
 from .tarcheck import checked_tar
 from .tarindex import tree_index
+from .tarstream import EndMarker
 
 kind = "volume"
 
@@ -51,17 +52,31 @@ def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], 
              journal: Journal | None = None) -> Iterator[bytes]:
     if not engine.volume_exists(volume):
         raise SourceError(f"volume {volume!r} does not exist on the Docker host")
+    end = EndMarker()
+    opened = True
     with quiesced(engine, volume, quiesce, journal):
         with engine.helper(TAR_CREATE, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels, pipes=("stream",)) as helper:
             try:
-                yield from helper.read("stream")
+                yield from end.watch(helper.read("stream"))
             except PeerGone:
-                pass  # the exit code below says why
+                opened = False  # the exit code below says why, or the checks after it
             result = helper.wait()
+            pipes = str(helper.pipe_dir)
+    # The archive is published only when tar exited 0 (or 1: a file changed), the helper wrote into our
+    # stream, and the stream itself ends with tar's end-of-archive marker.
+    if result.exit_code not in (0, TAR_CHANGED):
+        raise SourceError(f"tar of volume {volume!r} failed with exit code {result.exit_code}: {result.stderr}")
+    if not opened:
+        raise SourceError(
+            f"the helper archiving volume {volume!r} exited {result.exit_code} without writing into dockvault's stream: "
+            f"the Docker engine cannot see dockvault's temp dir ({pipes}). Run dockvault on the Docker host with a "
+            "temp dir the engine shares (TMPDIR; in a container, bind-mount it at the same path)")
+    if not end.seen:
+        raise SourceError(f"the archive of volume {volume!r} is incomplete: "
+                          f"{end.problem or 'the stream ended without tar end-of-archive marker'} "
+                          f"(after {end.members} members); nothing was published")
     if result.exit_code == TAR_CHANGED:
         notes.append(f"files changed while volume {volume} was archived (consider quiesce: stop): {result.stderr}")
-    elif result.exit_code != 0:
-        raise SourceError(f"tar of volume {volume!r} failed with exit code {result.exit_code}: {result.stderr}")
 
 
 def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
