@@ -303,6 +303,7 @@ def backup(
 
 @app.command()
 def drill(
+    ctx: typer.Context,
     policy_name: Annotated[str, typer.Argument(metavar="POLICY")],
     config_dir: ConfigDir,
     state_dir: StateDir = Path(_default_state_dir()),
@@ -310,6 +311,8 @@ def drill(
     wait: Wait = 0,
 ) -> None:
     """Run a restore drill now: restore the newest backup into throwaway resources, check it, measure the RTO."""
+    if ctx.info_name == "verify":
+        err.print("warning: `dockvault verify` is deprecated; use `dockvault drill`", highlight=False)
     _setup_logging()
     policy = _policy(config_dir, policy_name)
     controller = _controller(config_dir, state_dir, helper_image)
@@ -325,17 +328,7 @@ def drill(
     out.print(f"  {v.message}", highlight=False, markup=False)
 
 
-@app.command(hidden=True, deprecated=True)
-def verify(
-    policy_name: Annotated[str, typer.Argument(metavar="POLICY")],
-    config_dir: ConfigDir,
-    state_dir: StateDir = Path(_default_state_dir()),
-    helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
-    wait: Wait = 0,
-) -> None:
-    """Deprecated name of `dockvault drill`."""
-    err.print("warning: `dockvault verify` is deprecated; use `dockvault drill`", highlight=False)
-    drill(policy_name, config_dir, state_dir, helper_image, wait)
+app.command("verify", hidden=True, deprecated=True, help="Deprecated name of `dockvault drill`.")(drill)
 
 
 def _emit(rows: list[dict], columns: list[str], output: str) -> None:
