@@ -3,7 +3,7 @@
 #
 #   scripts/harness.sh COMMAND [ARGS...]
 #
-# 1. installs what is missing (docker.io, mmdebstrap, zstd, tar, prometheus, docker-compose from apt; the
+# 1. installs what is missing (docker.io, mmdebstrap, zstd, tar, prometheus, docker-compose, age from apt; the
 #    project itself with its `test` extra through pip);
 # 2. starts a private dockerd (own data-root, exec-root, pidfile and unix
 #    socket under a short temp dir; no bridge, no iptables);
@@ -221,6 +221,8 @@ install_apt() {
     { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
     # docker-compose (v1, Debian's): tests/e2e/test_compose.py runs examples/compose with it.
     command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+    # age: encrypted artifacts are checked by hand the way the README shows (age -d -i key.txt).
+    command -v age >/dev/null 2>&1 || need+=(age)
     [[ ${#need[@]} -eq 0 ]] && return 0
     [[ $(id -u) == 0 ]] || die "missing packages: ${need[*]} (run as root, or install them)"
     log "installing ${need[*]} (apt)"

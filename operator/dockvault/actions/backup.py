@@ -19,7 +19,7 @@ from ..engine.core import Engine, EngineError, is_temporary, new_job_id
 from ..engine.quiesce import Journal
 from ..sources import BackupContext, SourceError, source_for
 from ..sources.base import Progress
-from ..storage.base import BackupIdTaken, Repository
+from ..storage.base import BackupIdTaken, DeleteRefused, Repository, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -66,40 +66,51 @@ def run_backup(
     """Back up every target; any failure fails the whole backup, publishes no manifest and skips retention."""
     started = datetime.now(UTC)
     clock = time.monotonic()
-    taken = {b.id for b in repository.backups(policy.name)}
-    backup_id = new_backup_id(started, taken)
-    while True:
-        try:
-            writer = repository.begin(policy.name, backup_id)
-            break
-        except BackupIdTaken:  # a failed run of the same second left its folder behind
-            taken.add(backup_id)
-            backup_id = new_backup_id(started, taken)
-    ctx = BackupContext(policy=policy.name, backup_id=backup_id, job_id=new_job_id(), engine=engine,
-                        writer=writer, compression=policy.spec.compression, progress=progress, cancel=cancel, journal=journal,
-                        record_tables=policy.spec.drill is not None)
-    artifacts: list[Artifact] = []
-    log.info("backup %s/%s started (%s)", policy.name, backup_id, trigger)
-    try:
-        for target in policy.spec.targets:
-            artifacts += source_for(target.source_kind).backup(target, ctx)
-    except (SourceError, EngineError, OSError, ValueError) as exc:
-        writer.abort()
-        error = TEMPORARY if is_temporary(exc) else PERMANENT
-        message = mask(f"target {target.name}: {exc}")
+
+    def failed(backup_id: str, message: str, error: str) -> BackupOutcome:
         log.error("backup %s/%s failed (%s): %s", policy.name, backup_id, error, message)
         status = BackupStatus(phase="Failed", started_at=started, completed_at=datetime.now(UTC),
                               duration_seconds=round(time.monotonic() - clock, 3), message=message,
                               dockvault_version=__version__)
         return BackupOutcome(_record(policy, backup_id, trigger, status), error=error)
+
+    backup_id = new_backup_id(started, set())
+    try:
+        taken = {b.id for b in repository.backups(policy.name)}
+        backup_id = new_backup_id(started, taken)
+        while True:
+            try:
+                writer = repository.begin(policy.name, backup_id)
+                break
+            except BackupIdTaken:  # a failed run of the same second left its folder behind
+                taken.add(backup_id)
+                backup_id = new_backup_id(started, taken)
+    except StorageError as exc:
+        return failed(backup_id, mask(f"repository {repository.location}: {exc}"),
+                      TEMPORARY if exc.temporary else PERMANENT)
+    ctx = BackupContext(policy=policy.name, backup_id=backup_id, job_id=new_job_id(), engine=engine,
+                        writer=writer, compression=policy.spec.compression, progress=progress, cancel=cancel, journal=journal,
+                        record_tables=policy.spec.drill is not None,
+                        recipients=policy.spec.encryption.age.recipients if policy.spec.encryption else None)
+    artifacts: list[Artifact] = []
+    log.info("backup %s/%s started (%s)", policy.name, backup_id, trigger)
+    where = ""
+    try:
+        for target in policy.spec.targets:
+            where = f"target {target.name}: "
+            artifacts += source_for(target.source_kind).backup(target, ctx)
+        where = "manifest: "
+        status = BackupStatus(phase="Succeeded", started_at=started, completed_at=datetime.now(UTC),
+                              duration_seconds=round(time.monotonic() - clock, 3), bytes=sum(a.bytes for a in artifacts),
+                              artifacts=artifacts, dockvault_version=__version__)
+        record = _record(policy, backup_id, trigger, status)
+        writer.commit(record)
+    except (SourceError, EngineError, StorageError, OSError, ValueError) as exc:
+        writer.abort()
+        return failed(backup_id, mask(f"{where}{exc}"), TEMPORARY if is_temporary(exc) else PERMANENT)
     except BaseException:
         writer.abort()
         raise
-    status = BackupStatus(phase="Succeeded", started_at=started, completed_at=datetime.now(UTC),
-                          duration_seconds=round(time.monotonic() - clock, 3), bytes=sum(a.bytes for a in artifacts),
-                          artifacts=artifacts, dockvault_version=__version__)
-    record = _record(policy, backup_id, trigger, status)
-    writer.commit(record)
     log.info("backup %s/%s succeeded: %d bytes in %.1fs", policy.name, backup_id, status.bytes, status.duration_seconds)
     plan, deleted = apply_retention(policy, repository)
     return BackupOutcome(record, plan, deleted)
@@ -111,7 +122,11 @@ def apply_retention(policy: BackupPolicy, repository: Repository) -> tuple[Reten
                           now=datetime.now(UTC), tz=policy.spec.timezone)
     deleted = []
     for backup_id in plan.delete:
-        repository.delete(policy.name, backup_id)
+        try:
+            repository.delete(policy.name, backup_id)
+        except DeleteRefused as exc:  # kept (and counted by the caller as planned but not deleted)
+            log.warning("retention %s: backup %s kept: %s", policy.name, backup_id, exc)
+            continue
         deleted.append(backup_id)
         log.info("retention %s: deleted backup %s", policy.name, backup_id)
     return plan, deleted

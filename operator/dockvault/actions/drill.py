@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 from ..api.policy import BackupPolicy, Drill
 from ..controller.selection import NoSuchBackup, select_backup
 from ..controller.status import iso
-from ..credentials import mask
+from ..credentials import SecretError, mask
 from ..engine.core import Engine, EngineError, new_job_id
 from ..sources import RestoreContext, SourceError, source_for
-from ..storage.base import Repository
+from ..storage.base import Repository, StorageError
 from ..storage.codec import ChecksumMismatch
-from .restore import BackupReader
+from ..storage.crypt import DecryptionFailed
+from .restore import BackupReader, identities_for
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def run_drill(policy: BackupPolicy, *, engine: Engine, repository: Repository,
     try:
         backup = select_backup(repository.backups(policy.name), "latest", policy=policy.name)
         backup_id = backup.id
-        reader = BackupReader(repository, policy.name, backup)
+        reader = BackupReader(repository, policy.name, backup, identities_for(policy, backup.status.artifacts))
         reader.verify_all(backup.status.artifacts)
         for target in policy.spec.targets:
             artifacts = backup.artifacts(target.name)
@@ -57,7 +58,8 @@ def run_drill(policy: BackupPolicy, *, engine: Engine, repository: Repository,
             except SourceError as exc:
                 raise SourceError(f"target {target.name}: {exc}") from exc
         phase, message = "Succeeded", "; ".join(ctx.notes)
-    except (NoSuchBackup, ChecksumMismatch, SourceError, EngineError, OSError, ValueError, EOFError) as exc:
+    except (NoSuchBackup, ChecksumMismatch, DecryptionFailed, SecretError, SourceError, EngineError, StorageError,
+            OSError, ValueError, EOFError) as exc:
         phase, message = "Failed", mask(str(exc))
     seconds = round(time.monotonic() - clock, 3)
     (log.info if phase == "Succeeded" else log.error)("drill %s of backup %s %s in %.1fs: %s", policy.name, backup_id,

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
@@ -16,11 +16,12 @@ from ..api.backup import Artifact, Backup
 from ..api.policy import BackupPolicy
 from ..api.restore import RestoreRequest, RestoreRequestStatus, RestoreTarget
 from ..controller.selection import NoSuchBackup, select_backup
-from ..credentials import mask
+from ..credentials import SecretError, mask, read_secret
 from ..engine.core import Engine, EngineError, new_job_id
 from ..sources import RestoreContext, SourceError, source_for
-from ..storage.base import Repository
+from ..storage.base import Repository, StorageError
 from ..storage.codec import ChecksumMismatch, decompressed, read_chunks
+from ..storage.crypt import NO_IDENTITY, DecryptionFailed, decrypted, parse_identities
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,40 @@ def verified_chunks(stream: BinaryIO, artifact: Artifact, *, policy: str, backup
         )
 
 
+def identities_for(policy: BackupPolicy, artifacts: Iterable[Artifact]) -> list[str]:
+    """The age identities that decrypt `artifacts` (none when none is encrypted); read before anything is
+    created, so a restore without its key fails with the cause and touches nothing."""
+    if not any(a.encryption for a in artifacts):
+        return []
+    age = policy.spec.encryption.age if policy.spec.encryption else None
+    if age is None or age.identity_from is None:
+        raise DecryptionFailed(NO_IDENTITY)
+    try:
+        return parse_identities(read_secret(age.identity_from, "spec.encryption.age.identityFrom"))
+    except ValueError as exc:
+        raise DecryptionFailed(f"spec.encryption.age.identityFrom: {exc}") from None
+
+
 @dataclass(frozen=True)
 class BackupReader:
-    """Opens a backup's artifacts as verified, decompressed streams; `verify_all` checks them before any write."""
+    """Opens a backup's artifacts as verified, decrypted, decompressed streams; `verify_all` checks every
+    checksum before any write."""
 
     repository: Repository
     policy: str
     backup: Backup
+    identities: list[str] = field(default_factory=list)
 
     def verified(self, artifact: Artifact) -> Iterator[bytes]:
         return verified_chunks(self.repository.open_artifact(self.policy, self.backup.id, artifact.file), artifact,
                                policy=self.policy, backup_id=self.backup.id)
 
+    def plain(self, artifact: Artifact) -> Iterator[bytes]:
+        chunks = self.verified(artifact)
+        return decrypted(chunks, self.identities) if artifact.encryption == "age" else chunks
+
     def opener(self, artifact: Artifact):
-        return functools.partial(lambda a: decompressed(self.verified(a), a.compression), artifact)
+        return functools.partial(lambda a: decompressed(self.plain(a), a.compression), artifact)
 
     def verify_all(self, artifacts: Iterable[Artifact]) -> None:
         for artifact in artifacts:
@@ -109,8 +130,8 @@ def run_restore(
     try:
         backup = select_backup(repository.backups(policy.name), request.spec.backup, policy=policy.name)
         backup_id = backup.id
-        reader = BackupReader(repository, policy.name, backup)
         plan = _plan(request, backup)
+        reader = BackupReader(repository, policy.name, backup, identities_for(policy, (a for _, aa in plan for a in aa)))
         reader.verify_all(a for _, artifacts in plan for a in artifacts)  # every checksum holds before any write
         for destination, artifacts in plan:
             log.info("restore %s: %s/%s target %s", request.name, policy.name, backup.id, destination.from_)
@@ -119,7 +140,8 @@ def run_restore(
                 source_for(destination.kind).restore(destination, streams, ctx)
             except SourceError as exc:
                 raise SourceError(f"target {destination.from_}: {exc}") from exc
-    except (NoSuchBackup, RestoreError, ChecksumMismatch, SourceError, EngineError, OSError, ValueError, EOFError) as exc:
+    except (NoSuchBackup, RestoreError, ChecksumMismatch, DecryptionFailed, SecretError, SourceError, EngineError,
+            StorageError, OSError, ValueError, EOFError) as exc:
         log.error("restore %s failed: %s", request.name, exc)
         return RestoreOutcome(status("Failed", mask(str(exc))))
     message = f"restored {len(plan)} target(s) from backup {backup_id}"

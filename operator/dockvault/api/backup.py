@@ -19,6 +19,9 @@ class Artifact(Schema):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     compression: Literal["zstd", "gzip", "none"]
     level: int | None = None
+    encryption: Literal["age"] | None = Field(None, description="age: encrypted after compression (the sha256 is of "
+                                                                  "the stored, encrypted bytes)")
+    recipients: list[str] | None = Field(None, description="the age public keys it is encrypted to (no secret)")
     started_at: AwareDatetime
     completed_at: AwareDatetime
     details: dict[str, str] = Field(default_factory=dict, description="source facts: volume, helper image, tool versions")

@@ -179,16 +179,22 @@ class SecretKeyRef(Schema):
     key: str = Field(min_length=1, description="key in the Secret's data")
 
 
-class PasswordFrom(OneOf):
-    """Where a database password comes from: never from the resource itself."""
+class SecretFrom(OneOf):
+    """Where a secret comes from: never from the resource itself."""
 
     one_of = ("env", "file", "secret_key_ref")
-    one_of_what = "passwordFrom"
+    one_of_what = "a secret source"
 
     env: str | None = Field(None, min_length=1, description="environment variable of the dockvault process")
     file: str | None = Field(None, min_length=1, description="file readable by dockvault (e.g. a mounted secret)")
     secret_key_ref: SecretKeyRef | None = Field(
         None, description="key of a Secret in the resource's namespace (Kubernetes mode only: dockvault kube)")
+
+
+class PasswordFrom(SecretFrom):
+    """Where a database password comes from: never from the resource itself."""
+
+    one_of_what = "passwordFrom"
 
 
 class ObjectMeta(BaseModel):

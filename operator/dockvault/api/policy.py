@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from .common import (
     Condition,
@@ -16,6 +16,7 @@ from .common import (
     Envelope,
     OneOf,
     PasswordFrom,
+    SecretFrom,
     Schema,
     TargetName,
     Timezone,
@@ -71,11 +72,60 @@ class LocalStorage(Schema):
     path: str = Field(min_length=1, description="directory on the operator's host that holds the repository")
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_PART = re.compile(r"[A-Za-z0-9!_.*'()-]+")
+
+
+def _check_bucket(value: str) -> str:
+    if not _BUCKET.fullmatch(value) or ".." in value:
+        raise ValueError(f"{value!r} is not a valid bucket name (3-63 lower-case letters, digits, dots, hyphens)")
+    return value
+
+
+def _check_prefix(value: str) -> str:
+    parts = value.strip("/").split("/") if value.strip("/") else []
+    for part in parts:
+        if part in (".", "..") or not _PREFIX_PART.fullmatch(part):
+            raise ValueError(f"prefix {value!r}: each part must be letters, digits or !_.*'()- (not . or ..)")
+    return "/".join(parts)
+
+
+def _check_endpoint(value: str) -> str:
+    scheme, _, rest = value.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise ValueError(f"endpoint {value!r} must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+PRIMARY = "primary"  # the name of spec.storage where a repository is named (RestoreRequest spec.source)
+
+
+class S3Credentials(Schema):
+    """Keys read at run time (never written into the resource); without this block boto3's default chain."""
+
+    access_key_id_from: SecretFrom
+    secret_access_key_from: SecretFrom
+    session_token_from: SecretFrom | None = Field(None, description="for temporary credentials")
+
+
+class S3Storage(Schema):
+    """A bucket of AWS S3 or an S3-compatible server: <prefix>/<policy>/<backup-id>/<artifact>."""
+
+    bucket: Annotated[str, AfterValidator(_check_bucket)]
+    prefix: Annotated[str, AfterValidator(_check_prefix)] = Field("", description="optional key prefix")
+    endpoint: Annotated[str, AfterValidator(_check_endpoint)] | None = Field(
+        None, description="for S3-compatible servers, e.g. http://127.0.0.1:8333 (path-style addressing)")
+    region: str | None = Field(None, min_length=1, max_length=64)
+    credentials: S3Credentials | None = Field(
+        None, description="default: boto3's chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role, ...)")
+
+
 class StorageSpec(OneOf):
-    one_of = ("local",)  # the backends: storage/__init__.py BACKENDS
+    one_of = ("local", "s3")  # the backends: storage/__init__.py BACKENDS
     one_of_what = "storage"
 
     local: LocalStorage | None = None
+    s3: S3Storage | None = None
 
     @property
     def backend(self) -> str:
@@ -131,6 +181,36 @@ class Objectives(Schema):
     rto: Duration | None = Field(None, description="a restore must finish within this")
 
 
+class CopySpec(StorageSpec):
+    """3-2-1: a further repository that receives each successful backup (streamed, verified, manifest last)."""
+
+    one_of_what = "a copy"
+
+    name: TargetName = Field(description="names the copy in status, metrics and RestoreRequest spec.source")
+    retention: RetentionSpec | None = Field(None, description="default: the policy's retention")
+
+
+_AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
+
+
+def _check_recipient(value: str) -> str:
+    if not _AGE_RECIPIENT.fullmatch(value):
+        raise ValueError(f"{value!r} is not an age recipient (a public key age1... of 62 characters)")
+    return value
+
+
+class AgeEncryption(Schema):
+    """Artifacts are encrypted to these public keys after compression, before they leave dockvault."""
+
+    recipients: list[Annotated[str, AfterValidator(_check_recipient)]] = Field(min_length=1)
+    identity_from: SecretFrom | None = Field(
+        None, description="private key (age-keygen output) for restores and drills: env | file | secretKeyRef")
+
+
+class EncryptionSpec(Schema):
+    age: AgeEncryption
+
+
 _EXPECT = re.compile(r"^\s*(==|=|!=|>=|<=|>|<)\s*(-?[0-9]+(\.[0-9]+)?)\s*$")
 
 
@@ -173,6 +253,8 @@ class BackupPolicySpec(Schema):
     storage: StorageSpec
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
+    copies: list[CopySpec] = Field(default_factory=list, description="3-2-1: where each backup is also copied")
+    encryption: EncryptionSpec | None = None
     notify: NotifySpec | None = Field(None, description="webhooks called on failure (and on success when asked)")
     drill: DrillSpec | None = None
     verify: DrillSpec | None = Field(None, description="deprecated alias of drill (read as drill; give only one)")
@@ -196,6 +278,11 @@ class BackupPolicySpec(Schema):
             if target.name in seen:
                 raise ValueError(f"target name {target.name!r} is used twice")
             seen.add(target.name)
+        names = [copy.name for copy in self.copies]
+        for name in names:
+            if names.count(name) > 1 or name == PRIMARY:
+                raise ValueError(f"copies: the name {name!r} is used twice" if name != PRIMARY else
+                                 f"copies: {PRIMARY!r} names the policy's storage; choose another name")
         for index, check in enumerate(self.drill.checks if self.drill else []):
             if check.target is not None and check.target not in seen:
                 raise ValueError(f"drill.checks[{index}].target: no target named {check.target!r}")

@@ -16,6 +16,7 @@ from ..engine.core import Engine, job_labels
 from ..engine.quiesce import Journal
 from ..storage.base import BackupWriter
 from ..storage.codec import SUFFIXES, CompressingWriter
+from ..storage.crypt import SUFFIX as AGE_SUFFIX
 
 Progress = Callable[[int], None]
 
@@ -60,6 +61,7 @@ class BackupContext:
     cancel: threading.Event | None = None
     journal: Journal | None = None
     record_tables: bool = False  # rows per table, for restore drills (costs a count of every table)
+    recipients: list[str] | None = None  # age public keys: artifacts are encrypted to them after compression
 
     def labels(self, target: str) -> dict[str, str]:
         return job_labels(policy=self.policy, target=target, job=self.job_id)
@@ -80,15 +82,19 @@ class BackupContext:
         """
         started = _now()
         compression = compression or self.compression
-        name = base_name + SUFFIXES[compression.algorithm]
+        name = base_name + SUFFIXES[compression.algorithm] + (AGE_SUFFIX if self.recipients else "")
         with contextlib.closing(iter(chunks)) as stream, self.writer.artifact(name) as out:
-            sink = CompressingWriter(out, compression)
-            for chunk in stream:
-                check_cancel(self.cancel)
-                sink.write(chunk)
-                if self.progress:
-                    self.progress(len(chunk))
-            sink.close()
+            sink = CompressingWriter(out, compression, self.recipients)
+            try:
+                for chunk in stream:
+                    check_cancel(self.cancel)
+                    sink.write(chunk)
+                    if self.progress:
+                        self.progress(len(chunk))
+                sink.close()
+            except BaseException:
+                sink.abort()
+                raise
         return Artifact(
             target=target,
             source=source,
@@ -98,6 +104,8 @@ class BackupContext:
             sha256=sink.sha256,
             compression=compression.algorithm,
             level=compression.effective_level,
+            encryption="age" if self.recipients else None,
+            recipients=list(self.recipients) if self.recipients else None,
             started_at=started,
             completed_at=_now(),
             details=details,

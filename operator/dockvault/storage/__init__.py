@@ -10,11 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ..api.policy import BackupPolicy, StorageSpec
-from . import local
-from .base import BackupIdTaken, Repository
+from . import local, s3
+from .base import BackupIdTaken, DeleteRefused, Repository, StorageError
 
 BACKENDS: dict[str, Callable[[Any], Repository]] = {
     "local": local.open_repository,
+    "s3": s3.open_repository,
 }
 
 
@@ -24,4 +25,4 @@ def repository_for(storage: StorageSpec | BackupPolicy) -> Repository:
     return BACKENDS[spec.backend](getattr(spec, spec.backend))
 
 
-__all__ = ["BACKENDS", "BackupIdTaken", "Repository", "repository_for"]
+__all__ = ["BACKENDS", "BackupIdTaken", "DeleteRefused", "Repository", "StorageError", "repository_for"]

@@ -13,6 +13,18 @@ MANIFEST = "manifest.json"
 TEMP_SUFFIX = ".dvtmp"
 
 
+class StorageError(RuntimeError):
+    """The repository failed, phrased for the user; `temporary` when trying again later may well work."""
+
+    def __init__(self, message: str, *, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+class DeleteRefused(StorageError):
+    """The repository keeps an object it was asked to delete (S3 Object Lock): kept, logged and counted."""
+
+
 class BackupIdTaken(RuntimeError):
     """`begin` was given a backup id that already has a folder (a failed run of the same second left it)."""
 

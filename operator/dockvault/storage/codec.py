@@ -9,6 +9,8 @@ from typing import BinaryIO, Protocol
 
 import zstandard
 
+from .crypt import EncryptingWriter
+
 from ..api.policy import CompressionSpec
 
 SUFFIXES = {"zstd": ".zst", "gzip": ".gz", "none": ""}
@@ -45,21 +47,39 @@ def _compressor(spec: CompressionSpec) -> _Compressor:
     return _Identity()
 
 
-class CompressingWriter:
-    """Compress chunks into `out`, counting raw and stored bytes and hashing what is stored."""
+class _Stored:
+    """The last step before the repository: counts and hashes exactly the bytes stored."""
 
-    def __init__(self, out: BinaryIO, spec: CompressionSpec) -> None:
+    def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._compressor = _compressor(spec)
-        self._hash = hashlib.sha256()
-        self.raw_bytes = 0
+        self.hash = hashlib.sha256()
         self.bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.hash.update(data)
+            self._out.write(data)
+            self.bytes += len(data)
+
+
+class CompressingWriter:
+    """Compress chunks (then encrypt them to age `recipients`, if any) into `out`, counting raw and stored bytes
+    and hashing what is stored."""
+
+    def __init__(self, out: BinaryIO, spec: CompressionSpec, recipients: list[str] | None = None) -> None:
+        self._stored = _Stored(out)
+        self._compressor = _compressor(spec)
+        self._encryptor = EncryptingWriter(self._stored, recipients) if recipients else None  # type: ignore[arg-type]
+        self._next = self._encryptor or self._stored
+        self.raw_bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        return self._stored.bytes
 
     def _emit(self, data: bytes) -> None:
         if data:
-            self._hash.update(data)
-            self._out.write(data)
-            self.bytes += len(data)
+            self._next.write(data)
 
     def write(self, data: bytes) -> None:
         self.raw_bytes += len(data)
@@ -67,10 +87,17 @@ class CompressingWriter:
 
     def close(self) -> None:
         self._emit(self._compressor.flush())
+        if self._encryptor is not None:
+            self._encryptor.close()
+
+    def abort(self) -> None:
+        """Stop without finishing (the artifact is discarded)."""
+        if self._encryptor is not None:
+            self._encryptor.abort()
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        return self._stored.hash.hexdigest()
 
 
 def _slices(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -1,0 +1,407 @@
+"""A repository in an S3 bucket (AWS or S3-compatible): <prefix>/<policy>/<backup-id>/<artifact>, manifest last.
+
+Why this shape: the layout is the local repository's, key for key, so a bucket synced to disk (or a disk
+synced to a bucket) is a repository too, and `manifest.json` is still what makes a backup exist. Artifacts
+stream through multipart uploads with bounded memory: parts start at 8 MiB and double every 1,000 parts, so
+a stream of unknown size reaches 5 TiB well within S3's 10,000 parts (8 TiB in all), while everything up to
+7.8 GiB uses 8 MiB parts; parts above SPOOL_OVER are spooled to a temp file, not held in memory. Manifests
+are immutable once written, so listing caches them by key and ETag: a listing of 1,000 backups is one
+ListObjectsV2 walk plus the manifests not seen before, fetched in parallel.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from pydantic import ValidationError
+
+from ..api.backup import Backup
+from ..api.policy import S3Storage
+from ..api.restore import RestoreRequestStatus
+from ..credentials import mask, read_secret
+from .base import MANIFEST, BackupIdTaken, DeleteRefused, StorageError, manifest_chunks
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+FIRST_PART = 8 * MIB  # S3's minimum is 5 MiB for every part but the last
+PARTS_PER_STEP = 1000
+MAX_PARTS = 10_000
+SPOOL_OVER = 32 * MIB  # larger parts wait on disk for their upload, not in memory
+IN_FLIGHT = 3  # parts uploading while the next one fills
+RESTORES = ".restores"
+_LOCKED = {"AccessDenied", "ObjectLocked", "InvalidRequest"}
+
+
+def part_size(number: int) -> int:
+    """Size of part `number` (1-based): 8 MiB, doubling every 1,000 parts (the last 1,000 are 4 GiB)."""
+    return FIRST_PART << min((number - 1) // PARTS_PER_STEP, MAX_PARTS // PARTS_PER_STEP - 1)
+
+
+def _code(exc: BaseException) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if hasattr(exc, "response") else ""
+
+
+def storage_error(exc: BaseException, what: str) -> StorageError:
+    """A botocore failure phrased for the user: the cause and what to do, never a credential."""
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(f"{what}: no S3 credentials: set storage.s3.credentials, or AWS_ACCESS_KEY_ID / "
+                            "AWS_PROFILE for boto3's default chain")
+    if isinstance(exc, EndpointConnectionError):
+        return StorageError(f"{what}: cannot reach the S3 endpoint: {exc.kwargs.get('endpoint_url', '')}",
+                            temporary=True)
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        hints = {
+            "NoSuchBucket": "the bucket does not exist; create it, or fix storage.s3.bucket",
+            "InvalidAccessKeyId": "the access key is not known to the server; check storage.s3.credentials",
+            "SignatureDoesNotMatch": "the secret key does not match the access key; check storage.s3.credentials",
+            "AccessDenied": "access denied; the credentials lack a permission on this bucket or prefix",
+        }
+        message = hints.get(code) or f"S3 answered {code or status}"
+        return StorageError(f"{what}: {message}", temporary=status >= 500 or code in ("SlowDown", "RequestTimeout"))
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"{what}: {type(exc).__name__}: {mask(str(exc))}", temporary=True)
+    return StorageError(f"{what}: {type(exc).__name__}: {mask(str(exc))}")
+
+
+@contextlib.contextmanager
+def _s3_errors(what: str) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise storage_error(exc, what) from None
+
+
+def make_client(spec: S3Storage) -> Any:
+    """A boto3 client for `spec`; keys from `credentials` (read now, registered for masking) or boto3's chain."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 3},  # then the job core retries it later
+        # S3-compatible servers may reject the newer default checksums; the artifact's sha256 guards the data.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if spec.endpoint else {},
+        max_pool_connections=16,
+        connect_timeout=10,
+        read_timeout=300,
+    )
+    keys = {}
+    if spec.credentials is not None:
+        where = "storage.s3.credentials"
+        keys = {"aws_access_key_id": read_secret(spec.credentials.access_key_id_from, f"{where}.accessKeyIdFrom"),
+                "aws_secret_access_key": read_secret(spec.credentials.secret_access_key_from,
+                                                     f"{where}.secretAccessKeyFrom")}
+        if spec.credentials.session_token_from is not None:
+            keys["aws_session_token"] = read_secret(spec.credentials.session_token_from, f"{where}.sessionTokenFrom")
+    session = boto3.session.Session()  # one per repository: sessions are not thread-safe, clients are
+    return session.client("s3", endpoint_url=spec.endpoint, region_name=spec.region or "us-east-1", config=config,
+                          **keys)
+
+
+class _Part:
+    """One part's bytes: in memory while small, spooled to disk when large."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.body: BinaryIO = tempfile.SpooledTemporaryFile(max_size=min(size + 1, SPOOL_OVER))  # type: ignore
+        self.length = 0
+
+    def take(self, data: memoryview) -> int:
+        n = min(len(data), self.size - self.length)
+        self.body.write(data[:n])
+        self.length += n
+        return n
+
+    @property
+    def full(self) -> bool:
+        return self.length >= self.size
+
+
+class MultipartWriter:
+    """A write-only file whose bytes become one S3 object when `finish` is called; `discard` leaves nothing."""
+
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self._client, self._bucket, self._key = client, bucket, key
+        self._upload_id: str | None = None
+        self._part = _Part(part_size(1))
+        self._number = 1
+        self._done: list[dict[str, Any]] = []
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._flying: list[concurrent.futures.Future] = []
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            taken = self._part.take(view)
+            view = view[taken:]
+            if self._part.full:
+                self._send()
+        self.bytes += len(data)
+        return len(data)
+
+    def _send(self) -> None:
+        if self._upload_id is None:
+            with _s3_errors(f"s3://{self._bucket}/{self._key}"):
+                self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
+            self._pool = concurrent.futures.ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="s3-part")
+        while len(self._flying) >= IN_FLIGHT:  # bounded memory: wait for the oldest part
+            self._done.append(self._flying.pop(0).result())
+        part, number = self._part, self._number
+        self._number += 1
+        if self._number > MAX_PARTS + 1:
+            raise StorageError(f"s3://{self._bucket}/{self._key}: the artifact exceeds S3's 10,000 parts")
+        self._part = _Part(part_size(self._number))
+        assert self._pool is not None
+        self._flying.append(self._pool.submit(self._upload, part, number))
+
+    def _upload(self, part: _Part, number: int) -> dict[str, Any]:
+        try:
+            part.body.seek(0)
+            with _s3_errors(f"s3://{self._bucket}/{self._key} part {number}"):
+                answer = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                                  PartNumber=number, Body=part.body, ContentLength=part.length)
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+        finally:
+            part.body.close()
+
+    def finish(self) -> None:
+        what = f"s3://{self._bucket}/{self._key}"
+        if self._upload_id is None:  # small: one PUT
+            self._part.body.seek(0)
+            with _s3_errors(what):
+                self._client.put_object(Bucket=self._bucket, Key=self._key, Body=self._part.body,
+                                        ContentLength=self._part.length)
+            self._part.body.close()
+            return
+        if self._part.length:
+            self._send()
+        for future in self._flying:
+            self._done.append(future.result())
+        self._flying.clear()
+        with _s3_errors(what):
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                MultipartUpload={"Parts": sorted(self._done, key=lambda p: p["PartNumber"])})
+        self._shutdown()
+
+    def discard(self) -> None:
+        for future in self._flying:
+            future.cancel()
+        self._shutdown()
+        self._part.body.close()
+        if self._upload_id is not None:
+            with contextlib.suppress(Exception):
+                self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class S3BackupWriter:
+    def __init__(self, repository: S3Repository, policy: str, backup_id: str) -> None:
+        self._repo = repository
+        self._folder = repository.key(policy, backup_id)
+        self.backup_id = backup_id
+
+    @contextlib.contextmanager
+    def artifact(self, name: str) -> Iterator[BinaryIO]:
+        if "/" in name or name in (MANIFEST, "", ".", ".."):
+            raise ValueError(f"invalid artifact name {name!r}")
+        out = MultipartWriter(self._repo.client, self._repo.bucket, f"{self._folder}/{name}")
+        try:
+            yield out  # type: ignore[misc]
+            out.finish()
+        except BaseException:
+            out.discard()
+            raise
+
+    def commit(self, record: Backup) -> None:
+        body = b"".join(manifest_chunks(record))
+        with _s3_errors(f"s3://{self._repo.bucket}/{self._folder}/{MANIFEST}"):
+            self._repo.client.put_object(Bucket=self._repo.bucket, Key=f"{self._folder}/{MANIFEST}", Body=body,
+                                         ContentType="application/json")
+
+    def abort(self) -> None:
+        try:
+            self._repo.delete_prefix(self._folder + "/")
+        except StorageError as exc:  # the next start-up's clean_temporaries removes it
+            log.warning("cannot remove the partial backup %s: %s", self._folder, exc)
+
+
+# Manifests never change once written: (endpoint, bucket, key) -> (ETag, Backup or None when unreadable).
+_manifests: dict[tuple[str, str, str], tuple[str, Backup | None]] = {}
+_manifests_lock = threading.Lock()
+
+
+class S3Repository:
+    def __init__(self, spec: S3Storage, client: Any = None) -> None:
+        self.spec = spec
+        self.bucket = spec.bucket
+        self.prefix = spec.prefix
+        self.location = f"s3://{spec.bucket}/{spec.prefix}".rstrip("/") + (f" at {spec.endpoint}" if spec.endpoint
+                                                                            else "")
+        self._client = client
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                self._client = make_client(self.spec)
+            return self._client
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every page of ListObjectsV2 under `prefix`."""
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
+        with _s3_errors(f"listing s3://{self.bucket}/{prefix}"):
+            yield from self.client.get_paginator("list_objects_v2").paginate(**kwargs)
+
+    def begin(self, policy: str, backup_id: str) -> S3BackupWriter:
+        folder = self.key(policy, backup_id) + "/"
+        for page in self._list(folder):
+            if page.get("KeyCount", len(page.get("Contents", []))):
+                raise BackupIdTaken(f"backup {policy}/{backup_id} already exists in {self.location}")
+        return S3BackupWriter(self, policy, backup_id)
+
+    def exists(self, policy: str, backup_id: str) -> bool:
+        return any(page.get("Contents") for page in self._list(self.key(policy, backup_id) + "/"))
+
+    def policies(self) -> list[str]:
+        found = set()
+        for page in self._list(self.key() + "/" if self.prefix else "", delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                name = common["Prefix"].rstrip("/").rsplit("/", 1)[-1]
+                if name and not name.startswith("."):
+                    found.add(name)
+        return sorted(found)
+
+    def backups(self, policy: str) -> list[Backup]:
+        manifests = []
+        for page in self._list(self.key(policy) + "/"):
+            for item in page.get("Contents", []):
+                parts = item["Key"][len(self.key(policy)) + 1:].split("/")
+                if len(parts) == 2 and parts[1] == MANIFEST:
+                    manifests.append((item["Key"], item["ETag"]))
+        cache_key = (self.spec.endpoint or "", self.bucket)
+        with _manifests_lock:
+            known = {key: _manifests.get((*cache_key, key)) for key, _ in manifests}
+        missing = [(key, etag) for key, etag in manifests if (known[key] or ("",))[0] != etag]
+        if missing:
+            with concurrent.futures.ThreadPoolExecutor(min(16, len(missing))) as pool:
+                for (key, etag), backup in zip(missing, pool.map(lambda m: self._read_manifest(m[0]), missing)):
+                    known[key] = (etag, backup)
+            with _manifests_lock:
+                for key, etag in missing:
+                    _manifests[(*cache_key, key)] = known[key]  # type: ignore[assignment]
+        found = [entry[1] for key, _ in sorted(manifests) if (entry := known[key]) and entry[1] is not None]
+        return found
+
+    def _read_manifest(self, key: str) -> Backup | None:
+        try:
+            with _s3_errors(f"s3://{self.bucket}/{key}"):
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return Backup.model_validate_json(body)
+        except (StorageError, ValueError, ValidationError) as exc:
+            log.error("s3://%s/%s: unreadable manifest, ignored: %s", self.bucket, key, exc)
+            return None
+
+    def open_artifact(self, policy: str, backup_id: str, name: str) -> BinaryIO:
+        key = self.key(policy, backup_id, name)
+        with _s3_errors(f"s3://{self.bucket}/{key}"):
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+
+    def delete(self, policy: str, backup_id: str) -> None:
+        """The manifest first, so a deletion cut short never leaves a backup that looks complete."""
+        folder = self.key(policy, backup_id)
+        self._delete_keys([f"{folder}/{MANIFEST}"], f"backup {policy}/{backup_id}")
+        self.delete_prefix(folder + "/")
+
+    def delete_prefix(self, prefix: str) -> list[str]:
+        keys = [item["Key"] for page in self._list(prefix) for item in page.get("Contents", [])]
+        for start in range(0, len(keys), 1000):
+            self._delete_keys(keys[start:start + 1000], prefix.rstrip("/"))
+        return keys
+
+    def _delete_keys(self, keys: list[str], what: str) -> None:
+        if not keys:
+            return
+        with _s3_errors(f"deleting {what}"):
+            answer = self.client.delete_objects(Bucket=self.bucket,
+                                                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+        errors = answer.get("Errors") or []
+        if errors:
+            codes = sorted({e.get("Code", "") for e in errors})
+            message = f"{what}: S3 refused to delete {len(errors)} object(s) ({', '.join(codes)})"
+            if set(codes) <= _LOCKED:
+                raise DeleteRefused(message + ": Object Lock retention or a bucket policy keeps them")
+            raise StorageError(message, temporary=any(c in ("InternalError", "SlowDown") for c in codes))
+
+    def _restore_key(self, name: str, spec_hash: str) -> str:
+        return self.key(RESTORES, f"{name}.{spec_hash}.json")
+
+    def save_restore(self, name: str, spec_hash: str, status: RestoreRequestStatus) -> None:
+        with _s3_errors(f"s3://{self.bucket}/{self._restore_key(name, spec_hash)}"):
+            self.client.put_object(Bucket=self.bucket, Key=self._restore_key(name, spec_hash),
+                                   Body=status.model_dump_json(by_alias=True, exclude_none=True).encode())
+
+    def restore_outcome(self, name: str, spec_hash: str) -> RestoreRequestStatus | None:
+        from botocore.exceptions import ClientError
+
+        key = self._restore_key(name, spec_hash)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise storage_error(exc, f"s3://{self.bucket}/{key}") from None
+        return RestoreRequestStatus.model_validate_json(body)
+
+    def clean_temporaries(self, policy: str) -> list[str]:
+        """Abort multipart uploads and remove backup folders without a manifest of `policy` (a killed run's);
+        call only while holding the policy's job lock."""
+        removed = []
+        prefix = self.key(policy) + "/"
+        with _s3_errors(f"listing multipart uploads under s3://{self.bucket}/{prefix}"):
+            pages = list(self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                    Prefix=prefix))
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                with _s3_errors(f"aborting the upload of s3://{self.bucket}/{upload['Key']}"):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                removed.append(f"s3://{self.bucket}/{upload['Key']} (multipart upload)")
+        folders: dict[str, bool] = {}
+        for page in self._list(prefix):
+            for item in page.get("Contents", []):
+                parts = item["Key"][len(prefix):].split("/")
+                if len(parts) == 2:
+                    folders[parts[0]] = folders.get(parts[0], False) or parts[1] == MANIFEST
+        for folder, complete in sorted(folders.items()):
+            if not complete:
+                self.delete_prefix(f"{prefix}{folder}/")
+                removed.append(f"s3://{self.bucket}/{prefix}{folder}/")
+        return removed
+
+
+def open_repository(spec: S3Storage) -> S3Repository:
+    return S3Repository(spec)
