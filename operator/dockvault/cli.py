@@ -354,7 +354,8 @@ def _status(policy: BackupPolicy, state: StateStore, now: datetime) -> BackupPol
     """The policy's status now; conditions are remembered so their lastTransitionTime holds still."""
     status = policy_status(policy, repository_for(policy).backups(policy.name), state.last_attempt(policy.name),
                            now=now, measured=state.last_measurement(policy.name),
-                           drill=state.last_drill(policy.name), previous=state.conditions(policy.name))
+                           drill=state.last_drill(policy.name), previous=state.conditions(policy.name),
+                           copies=state.copy_statuses(policy.name))
     state.save_conditions(policy.name, status.conditions)
     return status
 

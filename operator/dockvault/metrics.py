@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -29,8 +30,8 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .api.backup import Backup
-from .api.policy import BackupPolicy
-from .controller.status import Attempt, Measurement
+from .api.policy import BackupPolicy, CopyStatus
+from .controller.status import Attempt, Measurement, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class PolicyFacts:
     target_sizes: Mapping[str, int]  # target -> stored bytes in the newest successful backup
     rto_seconds: float | None  # last measured restore/drill duration
     drill_last_success_timestamp: float | None  # unix seconds: completion of the last successful restore drill
+    copy_last_success: Mapping[str, float | None] = dataclasses.field(default_factory=dict)  # copy -> unix seconds
 
 
 class DockvaultMetrics:
@@ -91,6 +93,11 @@ class DockvaultMetrics:
         self._restore_duration = histogram(
             "restore_duration_seconds", "Duration of successful restores and restore drills in seconds."
         )
+        copy_labels = (*POLICY_LABELS, "copy")
+        self._copies = Counter(PREFIX + "copy_syncs_total", "Syncs of a copy (3-2-1), successful or not.",
+                               copy_labels, registry=registry)
+        self._copy_failures = Counter(PREFIX + "copy_failures_total", "Syncs of a copy (3-2-1) that failed.",
+                                      copy_labels, registry=registry)
         registry.register(FactsCollector(facts, clock))
 
     def policy_seen(self, policy: str, host: str, targets: Sequence[str]) -> None:
@@ -115,6 +122,12 @@ class DockvaultMetrics:
     def retention_deleted(self, policy: str, host: str, count: int) -> None:
         self.policy_seen(policy, host, ())
         self._retention_deleted.labels(policy, host).inc(count)
+
+    def copy_finished(self, policy: str, host: str, copy: str, *, succeeded: bool) -> None:
+        self._copies.labels(policy, host, copy).inc()
+        failures = self._copy_failures.labels(policy, host, copy)
+        if not succeeded:
+            failures.inc()
 
     def restore_finished(self, policy: str, host: str, *, succeeded: bool, duration_seconds: float) -> None:
         self.policy_seen(policy, host, ())
@@ -192,6 +205,8 @@ class FactsCollector(Collector):
             gauge("rto_seconds", facts, facts.rto_seconds)
             gauge("drill_last_success_timestamp_seconds", facts, facts.drill_last_success_timestamp)
             gauge("repository_backups", facts, facts.repository_backups)
+            for copy, at in sorted(facts.copy_last_success.items()):
+                gauge("copy_last_success_timestamp_seconds", facts, at, copy)
         by_name[PREFIX + "policies"].add_metric([], len(seen))
         for old, new in DEPRECATED_GAUGES.items():
             for sample in by_name[PREFIX + new].samples:
@@ -246,13 +261,16 @@ class FactsCollector(Collector):
                 "Unix time in seconds when the last successful restore drill completed.",
             ),
             family("repository_backups", "Complete backups kept in the repository."),
+            GaugeMetricFamily(PREFIX + "copy_last_success_timestamp_seconds",
+                              "Unix time in seconds when a sync of the copy (3-2-1) last succeeded.",
+                              labels=[*POLICY_LABELS, "copy"]),
             GaugeMetricFamily(PREFIX + "policies", "Backup policies known to this operator."),
             *(family(old, f"Deprecated: the same as {PREFIX}{new}.") for old, new in DEPRECATED_GAUGES.items()),
         ]
 
 
 def facts_for(policy: BackupPolicy, backups: Sequence[Backup], *, last: Attempt | None, measured: Measurement | None,
-              drilled_at: float | None) -> PolicyFacts:
+              drilled_at: float | None, copies: Sequence[CopyStatus] = ()) -> PolicyFacts:
     """A policy's facts from its spec, its repository and what the front end remembers of its runs."""
     good = [b for b in backups if b.succeeded]
     newest = max(good, key=lambda b: b.status.completed_at, default=None)
@@ -272,4 +290,5 @@ def facts_for(policy: BackupPolicy, backups: Sequence[Backup], *, last: Attempt 
         target_sizes=sizes,
         rto_seconds=measured.seconds if measured else None,
         drill_last_success_timestamp=drilled_at,
+        copy_last_success={c.name: (t.timestamp() if (t := parse_time(c.last_success_at)) else None) for c in copies},
     )

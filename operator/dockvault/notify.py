@@ -46,7 +46,7 @@ class Event:
 
     policy: str
     target: str | None
-    kind: Literal["backup", "restore", "drill"]
+    kind: Literal["backup", "restore", "drill", "copy"]
     phase: Literal["Succeeded", "Failed"]
     backup_id: str | None
     bytes: int | None

@@ -38,6 +38,7 @@ FACTS = (
         target_sizes={"db": 123_456, "media": 9_876_543_210},
         rto_seconds=412.5,
         drill_last_success_timestamp=NOW - 86400,
+        copy_last_success={"offsite": NOW - 7200, "usb": None},
     ),
     PolicyFacts(
         policy="fresh",
@@ -77,6 +78,9 @@ EVERY_FAMILY = (
     "dockvault_restore_failures_total",
     "dockvault_backup_duration_seconds",
     "dockvault_restore_duration_seconds",
+    "dockvault_copy_last_success_timestamp_seconds",
+    "dockvault_copy_syncs_total",
+    "dockvault_copy_failures_total",
 )
 
 # No proxy from the environment: these requests must go straight to the loopback address.
@@ -102,6 +106,8 @@ def exporter() -> tuple[CollectorRegistry, DockvaultMetrics]:
     metrics.retention_deleted("myapp", "local", 2)
     metrics.restore_finished("myapp", "local", succeeded=True, duration_seconds=412.5)
     metrics.restore_finished("fresh", "local", succeeded=False, duration_seconds=1.5)
+    metrics.copy_finished("myapp", "local", "offsite", succeeded=True)
+    metrics.copy_finished("myapp", "local", "usb", succeeded=False)
     return registry, metrics
 
 

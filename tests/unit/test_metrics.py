@@ -339,3 +339,14 @@ def test_deprecated_gauges_copy_their_new_series():
     for old, new in DEPRECATED_GAUGES.items():
         assert value(registry, f"dockvault_{old}", **P) == value(registry, f"dockvault_{new}", **P) is not None
         assert value(registry, f"dockvault_{old}", policy="fresh", host="local") is None
+
+
+def test_copies_export_their_last_success_and_a_never_synced_copy_is_left_out():
+    registry, metrics = exporter(dataclasses.replace(MYAPP, copy_last_success={"offsite": NOW - 60, "usb": None}))
+    assert value(registry, "dockvault_copy_last_success_timestamp_seconds", **P, copy="offsite") == NOW - 60
+    assert value(registry, "dockvault_copy_last_success_timestamp_seconds", **P, copy="usb") is None
+    metrics.copy_finished("myapp", "local", "usb", succeeded=False)
+    metrics.copy_finished("myapp", "local", "offsite", succeeded=True)
+    assert value(registry, "dockvault_copy_failures_total", **P, copy="usb") == 1
+    assert value(registry, "dockvault_copy_failures_total", **P, copy="offsite") == 0
+    assert value(registry, "dockvault_copy_syncs_total", **P, copy="offsite") == 1

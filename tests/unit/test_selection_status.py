@@ -289,3 +289,26 @@ def test_last_transition_time_moves_only_when_the_status_changes():
     assert by_type(breached)["Ready"]["lastTransitionTime"] == "2026-11-22T00:00:00Z"  # no longer protected
     assert by_type(breached)["RTOMet"]["lastTransitionTime"] == "2026-11-21T01:00:00Z"
     assert all(c.observed_generation == 3 for c in breached.conditions)
+
+
+def test_copies_synced_needs_every_copy_to_hold_the_newest_backup():
+    from dockvault.api.policy import CopyStatus
+
+    pol = policy(copies=[{"name": "offsite", "local": {"path": "/b"}}, {"name": "usb", "local": {"path": "/c"}}])
+    newest = backup(utc(2026, 11, 21, 3))
+    now = utc(2026, 11, 21, 4)
+
+    def ready(*statuses: CopyStatus):
+        status = policy_status(pol, [newest], None, now=now, copies=statuses)
+        return {c.type: c for c in status.conditions}["CopiesSynced"]
+
+    ok = CopyStatus(name="offsite", phase="Succeeded", at="2026-11-21T03:10:00Z", newest_backup=newest.id)
+    assert (ready(ok).status, ready(ok).message) == ("False", "usb: not synced yet")
+    behind = CopyStatus(name="usb", phase="Succeeded", at="2026-11-21T03:10:00Z", newest_backup="20261120T030000Z")
+    assert (ready(ok, behind).reason, ready(ok, behind).status) == ("CopyBehind", "False")
+    assert "usb: lacks the newest backup" in ready(ok, behind).message
+    failed = behind.model_copy(update={"phase": "Failed", "message": "copy usb: disk full"})
+    assert (ready(ok, failed).reason, ready(ok, failed).message) == ("CopyFailed", "copy usb: disk full")
+    good = behind.model_copy(update={"newest_backup": newest.id})
+    assert ready(ok, good).status == "True"
+    assert "CopiesSynced" not in {c.type for c in policy_status(policy(), [newest], None, now=now).conditions}

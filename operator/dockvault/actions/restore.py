@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 from ..api.backup import Artifact, Backup
-from ..api.policy import BackupPolicy
+from ..api.policy import PRIMARY, BackupPolicy
 from ..api.restore import RestoreRequest, RestoreRequestStatus, RestoreTarget
 from ..controller.selection import NoSuchBackup, select_backup
 from ..credentials import SecretError, mask, read_secret
 from ..engine.core import Engine, EngineError, new_job_id
 from ..sources import RestoreContext, SourceError, source_for
+from ..storage import repository_for
 from ..storage.base import Repository, StorageError
 from ..storage.codec import ChecksumMismatch, decompressed, read_chunks
 from ..storage.crypt import NO_IDENTITY, DecryptionFailed, decrypted, parse_identities
@@ -127,12 +128,10 @@ def run_restore(
         return RestoreRequestStatus(phase=phase, backup=backup_id, started_at=started, completed_at=datetime.now(UTC),
                                     duration_seconds=round(time.monotonic() - clock, 3), message=message)
 
+    source = None
     try:
-        backup = select_backup(repository.backups(policy.name), request.spec.backup, policy=policy.name)
+        source, backup, plan, reader = _pick_source(request, policy, repository)
         backup_id = backup.id
-        plan = _plan(request, backup)
-        reader = BackupReader(repository, policy.name, backup, identities_for(policy, (a for _, aa in plan for a in aa)))
-        reader.verify_all(a for _, artifacts in plan for a in artifacts)  # every checksum holds before any write
         for destination, artifacts in plan:
             log.info("restore %s: %s/%s target %s", request.name, policy.name, backup.id, destination.from_)
             streams = [(a, reader.opener(a)) for a in artifacts]
@@ -143,9 +142,46 @@ def run_restore(
     except (NoSuchBackup, RestoreError, ChecksumMismatch, DecryptionFailed, SecretError, SourceError, EngineError,
             StorageError, OSError, ValueError, EOFError) as exc:
         log.error("restore %s failed: %s", request.name, exc)
-        return RestoreOutcome(status("Failed", mask(str(exc))))
-    message = f"restored {len(plan)} target(s) from backup {backup_id}"
+        return RestoreOutcome(status("Failed", mask(str(exc))).model_copy(update={"source": source}))
+    message = f"restored {len(plan)} target(s) from backup {backup_id}" + (f" of copy {source}" if source != PRIMARY
+                                                                            else "")
     if ctx.notes:
         message += "; " + "; ".join(ctx.notes)
     log.info("restore %s succeeded: %s", request.name, message)
-    return RestoreOutcome(status("Succeeded", message))
+    return RestoreOutcome(status("Succeeded", message).model_copy(update={"source": source}))
+
+
+Plan = list[tuple[RestoreTarget, list[Artifact]]]
+
+
+def sources_of(policy: BackupPolicy, repository: Repository, wanted: str | None) -> list[tuple[str, Repository]]:
+    """The repositories a restore may read, in order: `wanted` alone, or the primary and then each copy."""
+    everything = [(PRIMARY, repository), *((c.name, repository_for(c)) for c in policy.spec.copies)]
+    if wanted is None:
+        return everything
+    chosen = [(name, repo) for name, repo in everything if name == wanted]
+    if not chosen:
+        names = ", ".join(name for name, _ in everything)
+        raise RestoreError(f"spec.source: policy {policy.name!r} has no repository {wanted!r} (it has: {names})")
+    return chosen
+
+
+def _pick_source(request: RestoreRequest, policy: BackupPolicy,
+                 repository: Repository) -> tuple[str, Backup, Plan, BackupReader]:
+    """The first source that holds the backup with every checksum intact (checked before any write)."""
+    problems: list[str] = []
+    candidates = sources_of(policy, repository, request.spec.source)
+    for name, repo in candidates:
+        try:
+            backup = select_backup(repo.backups(policy.name), request.spec.backup, policy=policy.name)
+            plan = _plan(request, backup)
+            artifacts = [a for _, aa in plan for a in aa]
+            reader = BackupReader(repo, policy.name, backup, identities_for(policy, artifacts))
+            reader.verify_all(artifacts)
+            return name, backup, plan, reader
+        except (NoSuchBackup, ChecksumMismatch, StorageError, OSError, EOFError) as exc:
+            if len(candidates) == 1:
+                raise
+            problems.append(f"{name}: {exc}")
+            log.warning("restore %s: %s cannot serve it, trying the next source: %s", request.name, name, exc)
+    raise RestoreError("no repository can serve this restore: " + "; ".join(problems))

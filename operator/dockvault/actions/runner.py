@@ -39,6 +39,7 @@ from .backup import BackupOutcome, run_backup
 from .locks import JobLocks, Lease
 from .restore import RestoreOutcome, run_restore
 from .state import PolicyJournal, State
+from .copy import CopyOutcome, sync_copies
 from .drill import DrillOutcome, run_drill
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class JobResult:
     restore: RestoreOutcome | None = None
     drill: DrillOutcome | None = None
     request: RestoreRequest | None = None
+    copies: list[CopyOutcome] = field(default_factory=list)
 
 
 class JobRunner:
@@ -253,9 +255,28 @@ class JobRunner:
                 self.metrics.retention_deleted(policy.name, policy.spec.host, len(outcome.deleted))
         self._notify(policy, "backup", st.phase, outcome.record.id, st.bytes if outcome.succeeded else None,
                      st.duration_seconds, st.message)
+        copies = self._copies(job.policy, policy) if outcome.succeeded else []
         pruned = f"; retention deleted {', '.join(outcome.deleted)}" if outcome.deleted else ""
-        message = st.message or f"backup {outcome.record.id}: {st.bytes} bytes in {st.duration_seconds}s{pruned}"
-        return JobResult(job, policy, outcome.succeeded, message, outcome.record.id, outcome.error, backup=outcome)
+        copied = "".join(f"; copy {c.status.name}: {c.status.message}" for c in copies)
+        message = st.message or f"backup {outcome.record.id}: {st.bytes} bytes in {st.duration_seconds}s{pruned}{copied}"
+        return JobResult(job, policy, outcome.succeeded, message, outcome.record.id, outcome.error, backup=outcome,
+                         copies=copies)
+
+    def _copies(self, key: str, policy: BackupPolicy) -> list[CopyOutcome]:
+        """3-2-1: bring every copy up to date (catching up on what an earlier sync missed); a failed copy fails
+        neither the backup nor the other copies, it shows in CopiesSynced, the metrics and a notification."""
+        if not policy.spec.copies:
+            return []
+        outcomes = sync_copies(policy, repository_for(policy), previous=self.state.copy_statuses(key),
+                               cancel=self.cancel)
+        for outcome in outcomes:
+            self.state.record_copy(key, outcome.status)
+            if self.metrics is not None:
+                self.metrics.copy_finished(policy.name, policy.spec.host, outcome.status.name,
+                                           succeeded=outcome.succeeded)
+            if not outcome.succeeded:
+                self._notify(policy, "copy", "Failed", outcome.status.newest_backup, None, None, outcome.status.message)
+        return outcomes
 
     def _restore(self, job: Job, policy: BackupPolicy, request: RestoreRequest) -> JobResult:
         running = RestoreRequestStatus(phase="Running", started_at=self.clock())
@@ -387,7 +408,8 @@ class JobRunner:
             backups = repository_for(policy).backups(policy.name)
             self._remember_listing(key, backups)
             facts = facts_for(policy, backups, last=self.state.last_attempt(key),
-                              measured=self.state.last_measurement(key), drilled_at=drilled_at)
+                              measured=self.state.last_measurement(key), drilled_at=drilled_at,
+                              copies=self.state.copy_statuses(key))
         except Exception:  # noqa: BLE001 - keep the last facts; the next refresh tries again
             log.exception("policy %s: cannot refresh its metrics", key)
             return

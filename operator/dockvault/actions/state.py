@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from ..api.policy import Drill
+from ..api.policy import CopyStatus, Drill
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
@@ -36,6 +36,12 @@ class State(Protocol):
 
     def last_measurement(self, policy: str) -> Measurement | None:
         """The newest successful restore or drill of the policy: the RTO last achieved."""
+
+    # --- copies (3-2-1) ------------------------------------------------------------------------------
+    def copy_statuses(self, policy: str) -> list[CopyStatus]: ...
+
+    def record_copy(self, policy: str, status: CopyStatus) -> None:
+        """Remember the last sync of one copy (one row per policy and copy name)."""
 
     # --- restores -----------------------------------------------------------------------------------
     def restore_status(self, request: str, spec_hash: str) -> RestoreRequestStatus | None: ...

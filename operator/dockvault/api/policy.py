@@ -339,6 +339,19 @@ class Drill(Schema):
         return {"result" if k == "phase" else k: v for k, v in body.items()}
 
 
+class CopyStatus(Schema):
+    """The last sync of one copy (3-2-1) and what the copy holds."""
+
+    name: str
+    phase: Literal["Succeeded", "Failed"]
+    at: str = Field(description="when the last sync ended")
+    message: str | None = None
+    backups: int | None = Field(None, description="complete backups the copy holds")
+    newest_backup: str | None = Field(None, description="id of the newest backup the copy holds")
+    newest_completed_at: str | None = Field(None, description="when that backup completed (the copy's RPO)")
+    last_success_at: str | None = Field(None, description="when a sync of this copy last succeeded")
+
+
 class QuiescedContainer(Schema):
     """A container a running job paused or stopped (Kubernetes mode's quiesce journal): resumed at start-up."""
 
@@ -362,6 +375,7 @@ class BackupPolicyStatus(Schema):
     last_verification: dict[str, Any] | None = Field(
         None, description="deprecated: lastDrill with `result` for `phase` (written until v1beta1)",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    copies: list[CopyStatus] | None = Field(None, description="3-2-1: the last sync of each copy")
     last_successful_verification: dict[str, Any] | None = Field(
         None, description="deprecated: lastSuccessfulDrill with `result` for `phase` (written until v1beta1)",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})

@@ -129,6 +129,7 @@ RestorePhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 class RestoreRequestStatus(Schema):
     phase: RestorePhase = "Pending"
     backup: str | None = None
+    source: str | None = Field(None, description="the repository that served it: primary or a copy's name")
     started_at: AwareDatetime | None = None
     completed_at: AwareDatetime | None = None
     duration_seconds: float | None = None

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..api.backup import Backup
 from ..api.common import Condition, format_duration
-from ..api.policy import BackupPolicy, BackupPolicyStatus, BackupRef, Drill, MeasuredRto
+from ..api.policy import BackupPolicy, BackupPolicyStatus, BackupRef, CopySpec, CopyStatus, Drill, MeasuredRto
 from .schedule import backup_due
 
 
@@ -118,6 +118,27 @@ def rto_condition(objective: timedelta | None, measured: Measurement | None) -> 
                      message=f"last {measured.source} took {_human(measured.seconds)} (RTO {_human(objective.total_seconds())})")
 
 
+def copies_condition(copies: Sequence[CopySpec], statuses: Sequence[CopyStatus], newest: Backup | None) -> Condition:
+    """CopiesSynced: every copy's last sync succeeded and it holds the newest good backup of the primary."""
+    known = {s.name: s for s in statuses}
+    problems = []
+    for copy in copies:
+        status = known.get(copy.name)
+        if status is None:
+            problems.append(f"{copy.name}: not synced yet")
+        elif status.phase != "Succeeded":
+            problems.append(status.message or f"copy {copy.name} failed")
+        elif newest is not None and status.newest_backup != newest.id:
+            problems.append(f"{copy.name}: lacks the newest backup {newest.id} (has {status.newest_backup or 'none'})")
+    if problems:
+        failed = any(known.get(c.name) is not None and known[c.name].phase == "Failed" for c in copies)
+        return Condition(type="CopiesSynced", status="False", reason="CopyFailed" if failed else "CopyBehind",
+                         message="; ".join(problems))
+    return Condition(type="CopiesSynced", status="True", reason="CopiesSynced",
+                     message=f"{len(copies)} cop{'y' if len(copies) == 1 else 'ies'} hold the newest backup"
+                             + (f" {newest.id}" if newest else ""))
+
+
 def protected(ready: Condition, rpo: Condition) -> Condition:
     """Ready means "protected", in both modes: the last backup succeeded AND the newest good one is within the RPO.
 
@@ -150,6 +171,7 @@ def policy_status(
     measured: Measurement | None = None,
     drill: Drill | None = None,
     previous: Sequence[Condition] = (),
+    copies: Sequence[CopyStatus] = (),
 ) -> BackupPolicyStatus:
     good = sorted((b for b in backups if b.succeeded), key=lambda b: b.status.started_at)
     newest = good[-1] if good else None
@@ -160,6 +182,8 @@ def policy_status(
     rpo = rpo_condition(objectives.rpo, newest, now=now)
     conditions = [protected(ready_condition(last, newest, suspended=policy.spec.suspend), rpo), rpo,
                   rto_condition(objectives.rto, measured)]
+    if policy.spec.copies:
+        conditions.append(copies_condition(policy.spec.copies, copies, newest))
     return BackupPolicyStatus(
         observed_generation=policy.metadata.generation,
         conditions=with_transitions(conditions, previous, now=now, generation=policy.metadata.generation),
@@ -167,6 +191,7 @@ def policy_status(
         measured_rto=MeasuredRto(seconds=measured.seconds, at=iso(measured.at), backup=measured.backup_id,
                                  source=measured.source) if measured else None,
         last_drill=drill,
+        copies=list(copies) or None,
         last_verification=drill.legacy() if drill else None,
         last_backup=last_ref or (_ref(newest) if newest else None),
         last_successful_backup=_ref(newest) if newest else None,

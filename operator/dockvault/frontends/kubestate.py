@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..api.policy import Drill, QuiescedContainer
+from ..api.policy import CopyStatus, Drill, QuiescedContainer
 from ..api.restore import RestoreRequestStatus
 from ..controller.resources import last_attempt_of, measurement_of, plain, previous_status, restore_patch
 from ..controller.status import Attempt, Measurement, iso, parse_time
@@ -29,6 +29,7 @@ class _Policy:
     last_good_drill: Drill | None = None
     measured: Measurement | None = None
     quiesced: list[QuiescedContainer] = field(default_factory=list)
+    copies: dict[str, CopyStatus] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,7 +79,8 @@ class KubeState:
             self._policies[key] = _Policy(
                 last_attempt=last_attempt_of(status), last_drill=last,
                 last_good_drill=good or (last if last is not None and last.succeeded else None),
-                measured=measurement_of(status), quiesced=list(status.quiesced or []))
+                measured=measurement_of(status), quiesced=list(status.quiesced or []),
+                copies={c.name: c for c in status.copies or []})
 
     def observe_restore(self, key: str, body: Mapping[str, Any], *, spec_hash: str, policy: str) -> None:
         """Remember a request's recorded outcome for its current spec (a Running one was interrupted)."""
@@ -146,6 +148,14 @@ class KubeState:
             if drill.succeeded:
                 memo.last_good_drill = drill
                 memo.measured = Measurement(drill.duration_seconds or 0.0, started_at, drill.backup, "drill")
+
+    def copy_statuses(self, policy: str) -> list[CopyStatus]:
+        with self._guard:
+            return [c for _, c in sorted(self._memo(policy).copies.items())]
+
+    def record_copy(self, policy: str, status: CopyStatus) -> None:
+        with self._guard:
+            self._memo(policy).copies[status.name] = status
 
     def last_measurement(self, policy: str) -> Measurement | None:
         with self._guard:

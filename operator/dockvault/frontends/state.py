@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..api.backup import Backup
 from ..api.common import Condition
-from ..api.policy import Drill
+from ..api.policy import CopyStatus, Drill
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS restores (
   PRIMARY KEY (name, spec_hash));
 CREATE TABLE IF NOT EXISTS drills (
   policy TEXT NOT NULL, started_at TEXT NOT NULL, verification TEXT NOT NULL, PRIMARY KEY (policy, started_at));
+CREATE TABLE IF NOT EXISTS copies (
+  policy TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (policy, name));
 CREATE TABLE IF NOT EXISTS conditions (
   policy TEXT NOT NULL PRIMARY KEY, conditions TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quiesced (
@@ -184,6 +186,14 @@ class StateStore:
     def last_successful_drill(self, policy: str) -> Drill | None:
         good = [d for _at, d in self.drills(policy) if d.succeeded]
         return good[-1] if good else None
+
+    def copy_statuses(self, policy: str) -> list[CopyStatus]:
+        rows = self._run("SELECT status FROM copies WHERE policy=? ORDER BY name", (policy,))
+        return [CopyStatus.model_validate_json(raw) for (raw,) in rows]
+
+    def record_copy(self, policy: str, status: CopyStatus) -> None:
+        self._run("INSERT OR REPLACE INTO copies VALUES (?,?,?)",
+                  (policy, status.name, status.model_dump_json(by_alias=True, exclude_none=True)))
 
     def last_measurement(self, policy: str) -> Measurement | None:
         """The newest successful restore or drill of the policy: the RTO last achieved."""
