@@ -119,3 +119,12 @@ def s3_env(s3_server, monkeypatch) -> dict[str, str]:
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
     return s3_server.env
+
+
+@pytest.fixture(scope="session")
+def second_docker_host(docker_client, test_image) -> Iterator[str]:
+    """DOCKER_HOST of a second private engine with the fixture image (two hosts: migration tests)."""
+    from tests.second_engine import second_engine
+
+    with second_engine(test_image, os.environ["DOCKER_HOST"]) as host:
+        yield host

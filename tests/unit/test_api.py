@@ -130,15 +130,15 @@ def test_restore_request_to_dict_writes_from_not_from_():
         "policy": "myapp",
         "backup": {"before": "2026-11-20T09:00:00+09:00"},
         "targets": [{"from": "media", "volume": {"name": "mydata-restored", "overwrite": False}}],
-        "host": "local",
     }
     assert RestoreRequest.model_validate(request.to_dict()) == request
 
 
-def test_the_spec_hash_of_a_request_written_before_spec_host_existed_is_unchanged():
-    """Else an upgrade would run every recorded RestoreRequest again."""
+def test_spec_host_changes_the_spec_hash_only_when_given():
+    """The hash of a request written before spec.host existed is unchanged (else an upgrade would run every
+    recorded RestoreRequest again); naming a host is a new intent."""
     plain = RestoreRequest.model_validate(RESTORE_DOC)
-    assert plain.spec_hash == RestoreRequest.model_validate(restore_doc(host="local")).spec_hash
+    assert plain.spec.host is None and "host" not in plain.to_dict()["spec"]
     assert plain.spec_hash != RestoreRequest.model_validate(restore_doc(host="host-b")).spec_hash
 
 

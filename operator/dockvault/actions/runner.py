@@ -51,10 +51,15 @@ def now_utc() -> datetime:
 
 @dataclass(frozen=True)
 class Resources:
-    """What a front end knows right now: policies by key, and restore requests by key with their policy's key."""
+    """What a front end knows right now: the policies this host runs, by key; the restore requests this host
+    performs, by key with their policy's key; and policies of other hosts that restores may read (migration)."""
 
     policies: Mapping[str, BackupPolicy] = field(default_factory=dict)
     restores: Mapping[str, tuple[RestoreRequest, str]] = field(default_factory=dict)
+    others: Mapping[str, BackupPolicy] = field(default_factory=dict)  # never scheduled here
+
+    def policy(self, key: str) -> BackupPolicy | None:
+        return self.policies.get(key) or self.others.get(key)
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,8 @@ class JobRunner:
         now = now or self.clock()
         policies = [(key, policy, self.history(key, policy)) for key, policy in resources.policies.items()]
         restores = [(key, request, policy_key) for key, (request, policy_key) in resources.restores.items()
-                    if policy_key in resources.policies
-                    and self.restore_pending(key, request, policy_key, resources.policies[policy_key])]
+                    if (policy := resources.policy(policy_key)) is not None
+                    and self.restore_pending(key, request, policy_key, policy)]
         return jobs.plan(policies, restores, now)
 
     # --- dispatching -------------------------------------------------------------------------------
@@ -200,9 +205,11 @@ class JobRunner:
     # --- running one job ------------------------------------------------------------------------------
     def execute(self, job: Job, resources: Resources, *, progress: Progress | None = None) -> JobResult:
         """Run `job` now (the caller holds its policy's lock); record, count, notify and report the outcome."""
-        policy = resources.policies[job.policy]
+        policy = resources.policy(job.policy)
+        assert policy is not None, job
         try:
-            self.recover_policy(job.policy, policy)
+            if job.policy in resources.policies:  # another host's policy: that host recovers its own jobs
+                self.recover_policy(job.policy, policy)
             with self.job_context(job.policy):
                 if job.kind == "backup":
                     result = self._backup(job, policy, progress)

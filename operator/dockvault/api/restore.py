@@ -112,7 +112,9 @@ class RestoreRequestSpec(Schema):
     source: TargetName | None = Field(
         None, description="primary or a copy's name; default: the primary, then each copy when it lacks the backup "
                           "or an artifact fails its checksum")
-    host: str = Field("local", min_length=1, description="which host's dockvault performs the restore")
+    host: str | None = Field(None, min_length=1, description="which host's dockvault performs the restore (migration: "
+                                                            "another host's backups into this one's engine); "
+                                                            "default: the policy's host")
 
     @model_validator(mode="after")
     def _unique_sources(self) -> RestoreRequestSpec:
@@ -144,8 +146,5 @@ class RestoreRequest(Envelope[RestoreRequestSpec, RestoreRequestStatus]):
     @property
     def spec_hash(self) -> str:
         """Identity of the request's intent: the same name with a changed spec runs again."""
-        spec = self.spec.to_dict()
-        if spec.get("host") == "local":  # added in 0.2: its default must not make every recorded request run again
-            del spec["host"]
-        canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.spec.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

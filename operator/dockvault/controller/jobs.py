@@ -102,7 +102,7 @@ def plan(
     """Every job due at `now`, highest priority first.
 
     `policies` are (key, policy, history); `restores` are (key, request, policy key) of requests that have not
-    run yet for their current spec and whose policy is among `policies`.
+    run yet for their current spec and whose policy is known (this host's or, for a migration, another's).
     """
     jobs = [Job("restore", policy_key, "requested", request=key) for key, _request, policy_key in restores]
     for key, policy, history in policies:

@@ -6,8 +6,9 @@ as in standalone mode (actions/runner.py), with the state kept in the resources 
 Handlers here only translate: bodies in, status patches, Backup resources and events out. The repository
 stays the source of truth: Backup resources mirror its manifests, and deleting a policy never deletes data.
 
-One operator instance serves one Docker host: it handles only policies whose spec.host is its host (and
-restores of those policies). Several instances of one host share a kopf peering object named after the
+One operator instance serves one Docker host: it handles only policies whose spec.host is its host, and
+the restores it performs: those whose spec.host names it, or else of its policies (a restore naming
+another host reads that host's policy and repository, and restores into this engine: a migration). Several instances of one host share a kopf peering object named after the
 host, so one acts at a time; kopf's progress and diff-base annotations carry a per-host prefix, so
 instances of different hosts never mistake each other's bookkeeping for their own. Jobs are started from
 kopf's handlers, so a paused (peering) instance starts none.
@@ -248,6 +249,12 @@ class Runtime:
         if body is None:
             return
         namespace, name = split_key(key)
+        if result.policy.spec.host != self.host:  # another host's policy served a restore here: its status is theirs
+            target = self.restore_body(result.job.request) if result.job.request else None
+            if target is not None:
+                kopf.event(target, type="Normal" if result.succeeded else "Warning",
+                           reason="RestoreSucceeded" if result.succeeded else "RestoreFailed", message=result.message)
+            return
         self.api.patch_status(POLICIES, namespace, name, self.policy_status(key, body))
         if result.backup is not None:
             record = result.backup.record
@@ -289,6 +296,8 @@ class Runtime:
                 request, _ = parse_restore(restore_body)
                 if ns != namespace or request is None or request.spec.policy != policy_name:
                     continue
+                if (request.spec.host or policy.spec.host) != self.host:  # another host performs it
+                    continue
                 if not restore_should_run(restore_body, request.spec_hash):
                     continue
                 rkey = key_of(ns, name)
@@ -296,6 +305,8 @@ class Runtime:
                 with self._guard:
                     self.restore_bodies[rkey] = plain(restore_body)
                 wanted[rkey] = (request, key)
+        if policy.spec.host != self.host:  # another host's policy, here only as the source of a restore (migration)
+            return Resources({}, wanted, {key: policy})
         return Resources({key: policy}, wanted)
 
 
@@ -353,8 +364,10 @@ def handle_restore(rt: Runtime, body: Mapping[str, Any], policies: Mapping[Any, 
         kopf.warn(body, reason="InvalidSpec", message=failed.message)
         return
     policy_body = next(iter(policies.get((namespace, request.spec.policy), ())), None)
-    if policy_body is not None and not host_matches(policy_body.get("spec"), rt.host):
-        return
+    if request.spec.host is not None and request.spec.host != rt.host:
+        return  # the host it names performs it
+    if request.spec.host is None and policy_body is not None and not host_matches(policy_body.get("spec"), rt.host):
+        return  # the policy's host performs it
     policy = parse_policy(policy_body)[0] if policy_body is not None else None
     if policy is None:
         why = "does not exist" if policy_body is None else "is invalid"

@@ -37,15 +37,13 @@ class Config:
         return item.resource if item else None  # type: ignore[return-value]
 
 
-def load_config(config_dir: Path, *, host: str | None = None) -> Config:
+def load_config(config_dir: Path) -> Config:
     """Every resource in the directory; duplicates and foreign kinds become errors naming both files."""
     loaded = load_paths([config_dir])
     config = Config(errors=list(loaded.errors), warnings=list(loaded.warnings))
     for item in loaded.items:
         resource = item.resource
         if isinstance(resource, BackupPolicy):
-            if host is not None and resource.spec.host != host:
-                continue
             table = config.policies
         elif isinstance(resource, RestoreRequest):
             table = config.restores
@@ -95,14 +93,22 @@ class Controller:
         return self.runner.facts()
 
     def resources(self) -> Resources:
-        policies = {name: item.resource for name, item in self.config.policies.items()}
-        restores = {name: (item.resource, item.resource.spec.policy) for name, item in self.config.restores.items()}
-        return Resources(policies, restores)  # type: ignore[arg-type]
+        """This host's policies to run; the restores this host performs (spec.host, by default the policy's host);
+        other hosts' policies only as sources of those restores (migration between hosts)."""
+        every: dict[str, BackupPolicy] = {name: item.resource for name, item in self.config.policies.items()}  # type: ignore[misc]
+        mine = {name: policy for name, policy in every.items() if policy.spec.host == self.host}
+        restores = {}
+        for name, item in self.config.restores.items():
+            request: RestoreRequest = item.resource  # type: ignore[assignment]
+            policy = every.get(request.spec.policy)
+            if policy is not None and (request.spec.host or policy.spec.host) == self.host:
+                restores[name] = (request, request.spec.policy)
+        return Resources(mine, restores, {n: p for n, p in every.items() if n not in mine})
 
     # --- configuration -------------------------------------------------------------------------
     def reload(self) -> Config:
         old = self.config
-        self.config = new = load_config(self.config_dir, host=self.host)
+        self.config = new = load_config(self.config_dir)
         messages = {f"invalid resource, skipped: {e}" for e in new.errors}
         for request in new.restores.values():
             wanted = request.resource.spec.policy  # type: ignore[union-attr]
@@ -115,8 +121,7 @@ class Controller:
             log.warning("%s", message)
         self._seen_errors = messages | warnings
         if self.metrics is not None:
-            for item in new.policies.values():
-                policy: BackupPolicy = item.resource  # type: ignore[assignment]
+            for policy in self.resources().policies.values():
                 self.metrics.policy_seen(policy.name, policy.spec.host, [t.name for t in policy.spec.targets])
         self.runner.refresh_all(self.resources())
         for kind, before, after in (("policy", old.policies, new.policies), ("restore", old.restores, new.restores)):
@@ -135,7 +140,8 @@ class Controller:
         self.reload()
         resources = self.resources()
         busy = self.runner.recover(resources)
-        removed = self.runner.engine.remove_leftovers(spare=frozenset(resources.policies))
+        # Helpers of any policy the config names may belong to a live job of another process (or host) on this engine.
+        removed = self.runner.engine.remove_leftovers(spare=frozenset(resources.policies) | frozenset(resources.others))
         if removed:
             log.warning("removed %d leftover helper(s) of unknown policies: %s", len(removed), ", ".join(removed))
         for name, policy in resources.policies.items():
