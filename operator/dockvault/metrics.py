@@ -88,6 +88,8 @@ class DockvaultMetrics:
             "backup_duration_seconds", "Duration of successful backup runs in seconds, all targets together."
         )
         self._retention_deleted = counter("retention_deleted_total", "Backups deleted by retention.")
+        self._retention_refused = counter("retention_refused_total",
+                                          "Backups retention would delete but the repository keeps (S3 Object Lock).")
         self._restores = counter("restores_total", "Restores and restore drills finished, successful or not.")
         self._restore_failures = counter("restore_failures_total", "Restores and restore drills that failed.")
         self._restore_duration = histogram(
@@ -119,9 +121,10 @@ class DockvaultMetrics:
         else:
             self._backup_failures.labels(policy, host).inc()
 
-    def retention_deleted(self, policy: str, host: str, count: int) -> None:
+    def retention_deleted(self, policy: str, host: str, count: int, refused: int = 0) -> None:
         self.policy_seen(policy, host, ())
         self._retention_deleted.labels(policy, host).inc(count)
+        self._retention_refused.labels(policy, host).inc(refused)
 
     def copy_finished(self, policy: str, host: str, copy: str, *, succeeded: bool) -> None:
         self._copies.labels(policy, host, copy).inc()
@@ -144,6 +147,7 @@ class DockvaultMetrics:
             self._backup_retries,
             self._backup_duration,
             self._retention_deleted,
+            self._retention_refused,
             self._restores,
             self._restore_failures,
             self._restore_duration,

@@ -118,3 +118,68 @@ def test_host_b_restores_host_a_backups_into_its_own_engine(s3_server, second_do
     result = dockvault("run", "--once", "--host", "host-a", "--metrics-addr", "off", env=host_a, check=False)
     assert "restore bring-back succeeded" not in result.stderr and "restore bring-back failed" not in result.stderr
     assert result.returncode == 0, result.stderr
+
+
+def _uploads(server, bucket: str) -> list[dict]:
+    return server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def _backup_in_flight(env: dict[str, str], server, bucket: str):
+    """`dockvault backup app` started, returned once its artifact's multipart upload is open."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "dockvault", "backup", "app"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _uploads(server, bucket):
+        assert proc.poll() is None, f"the backup ended before its upload could be caught: {proc.communicate()}"
+        assert time.monotonic() < deadline, "no multipart upload appeared"
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigkill_mid_upload_is_cleaned_up_by_the_next_start(s3_server, docker_client, volumes, cli_env, tmp_path):
+    import os
+    import signal
+
+    media = volumes("media-k")
+    populate_volume(docker_client, media, megabytes=200)
+    bucket = s3_server.bucket()
+    env = env_for(cli_env, s3_server, tmp_path / "host")
+    write_policy(Path(env["DOCKVAULT_CONFIG_DIR"]), s3_server, bucket, [media])
+    proc = _backup_in_flight(env, s3_server, bucket)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _uploads(s3_server, bucket), "the killed run's upload is open"
+
+    result = dockvault("backup", "app", env=env)  # one-shot commands repair what a killed dockvault left too
+    assert _uploads(s3_server, bucket) == []
+    assert "multipart upload" in result.stderr
+    listed = json.loads(dockvault("get", "backups", "-o", "json", env=env).stdout)
+    assert len(listed) == 1 and listed[0]["status"]["phase"] == "Succeeded"
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len({k.split("/")[2] for k in keys}) == 1  # no half backup folder left
+
+
+def test_s3_stopped_mid_upload_fails_cleanly_and_keeps_older_backups(s3_server, docker_client, volumes, cli_env,
+                                                                     tmp_path):
+    media = volumes("media-s")
+    populate_volume(docker_client, media, megabytes=200)
+    bucket = s3_server.bucket()
+    env = env_for(cli_env, s3_server, tmp_path / "host")
+    write_policy(Path(env["DOCKVAULT_CONFIG_DIR"]), s3_server, bucket, [media])
+    dockvault("backup", "app", env=env)
+    proc = _backup_in_flight(env, s3_server, bucket)
+    s3_server.stop()
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        s3_server.start()
+    assert proc.returncode != 0
+    assert "cannot reach the S3 endpoint" in stderr, stderr
+    listed = json.loads(dockvault("get", "backups", "-o", "json", env=env).stdout)
+    assert len(listed) == 1 and listed[0]["status"]["phase"] == "Succeeded"  # the older one, intact
+    drill = dockvault("drill", "app", env=env)
+    assert "succeeded" in drill.stdout

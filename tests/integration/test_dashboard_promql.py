@@ -323,6 +323,7 @@ class HandwrittenSource(MetricsSource):
         counter("dockvault_backup_failures", lambda c: c.failures)
         counter("dockvault_backup_retries", lambda c: 0)
         counter("dockvault_retention_deleted", lambda c: c.retention_deleted)
+        counter("dockvault_retention_refused", lambda c: 0)
         counter("dockvault_restores", lambda c: c.restores)
         counter("dockvault_restore_failures", lambda c: c.restore_failures)
         histogram("dockvault_backup_duration_seconds", lambda c: c.backup_durations)

@@ -74,6 +74,7 @@ EVERY_FAMILY = (
     "dockvault_backup_failures_total",
     "dockvault_backup_retries_total",
     "dockvault_retention_deleted_total",
+    "dockvault_retention_refused_total",
     "dockvault_restores_total",
     "dockvault_restore_failures_total",
     "dockvault_backup_duration_seconds",

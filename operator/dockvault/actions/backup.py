@@ -30,6 +30,7 @@ class BackupOutcome:
     retention: RetentionPlan | None = None
     deleted: list[str] = field(default_factory=list)
     error: str | None = None  # of a failed backup: controller.jobs.TEMPORARY or PERMANENT
+    refused: list[str] = field(default_factory=list)  # retention wanted them gone; the repository keeps them
 
     @property
     def succeeded(self) -> bool:
@@ -113,7 +114,7 @@ def run_backup(
         raise
     log.info("backup %s/%s succeeded: %d bytes in %.1fs", policy.name, backup_id, status.bytes, status.duration_seconds)
     plan, deleted = apply_retention(policy, repository)
-    return BackupOutcome(record, plan, deleted)
+    return BackupOutcome(record, plan, deleted, refused=[b for b in plan.delete if b not in deleted])
 
 
 def apply_retention(policy: BackupPolicy, repository: Repository) -> tuple[RetentionPlan, list[str]]:

@@ -258,8 +258,9 @@ class JobRunner:
         if self.metrics is not None:
             self.metrics.backup_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
                                          duration_seconds=st.duration_seconds or 0.0, retry=job.attempt > 1)
-            if outcome.deleted:
-                self.metrics.retention_deleted(policy.name, policy.spec.host, len(outcome.deleted))
+            if outcome.deleted or outcome.refused:
+                self.metrics.retention_deleted(policy.name, policy.spec.host, len(outcome.deleted),
+                                               refused=len(outcome.refused))
         self._notify(policy, "backup", st.phase, outcome.record.id, st.bytes if outcome.succeeded else None,
                      st.duration_seconds, st.message)
         copies = self._copies(job.policy, policy) if outcome.succeeded else []
