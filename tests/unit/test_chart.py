@@ -452,6 +452,20 @@ def test_docker_tcp_tls_mode(chart: Any):
     assert variables["TMPDIR"] == "/tmp"
 
 
+def test_offsite_keys_and_the_age_identity_come_from_secrets(chart: Any):
+    spec = pod(render(chart, {"s3": {"credentialsSecret": "s3-keys"},
+                              "age": {"identitySecret": "age-key", "mountPath": "/etc/dockvault/age"}}))
+    (container,) = spec["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-keys"}}]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "age-identity")
+    assert mount == {"name": "age-identity", "mountPath": "/etc/dockvault/age", "readOnly": True}
+    volume = next(v for v in spec["volumes"] if v["name"] == "age-identity")
+    assert volume["secret"] == {"secretName": "age-key", "defaultMode": 0o440}
+    plain = pod(render(chart, {}))
+    assert "envFrom" not in plain["containers"][0]
+    assert "age-identity" not in {v["name"] for v in plain["volumes"]}
+
+
 def test_existing_claim_and_helper_image(chart: Any):
     spec = pod(render(chart, VALUE_SETS["namespaced-pvc"]))
     volumes = {v["name"]: v for v in spec["volumes"]}
