@@ -238,6 +238,19 @@ def wait_quiet(max_wait: float | None = None) -> float:
             return busy
 
 
+def process_cpu_reader(pid: int) -> Callable[[], float | None]:
+    """A `run_timed` counter: CPU seconds (user + sys, all threads) of process `pid` so far, None once it is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            return None
+    return read
+
+
 def delta(after: float | None, before: float | None) -> float | None:
     return None if after is None or before is None else after - before
 

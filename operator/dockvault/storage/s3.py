@@ -310,18 +310,24 @@ class S3Repository:
             with concurrent.futures.ThreadPoolExecutor(min(16, len(missing))) as pool:
                 for (key, etag), backup in zip(missing, pool.map(lambda m: self._read_manifest(m[0]), missing)):
                     known[key] = (etag, backup)
-            with _manifests_lock:
-                for key, etag in missing:
-                    _manifests[(*cache_key, key)] = known[key]  # type: ignore[assignment]
+        with _manifests_lock:
+            for key, _ in missing:
+                _manifests[(*cache_key, key)] = known[key]  # type: ignore[assignment]
+            listed = {key for key, _ in manifests}
+            folder = self.key(policy) + "/"
+            for gone in [k for k in _manifests if k[:2] == cache_key and k[2].startswith(folder) and k[2] not in listed]:
+                del _manifests[gone]  # deleted backups leave the cache too
         found = [entry[1] for key, _ in sorted(manifests) if (entry := known[key]) and entry[1] is not None]
         return found
 
     def _read_manifest(self, key: str) -> Backup | None:
+        """The manifest at `key`; None (remembered with its ETag) when it is not a valid manifest. A failure to
+        read it raises: a listing must never drop a backup because S3 hiccupped."""
+        with _s3_errors(f"s3://{self.bucket}/{key}"):
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         try:
-            with _s3_errors(f"s3://{self.bucket}/{key}"):
-                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             return Backup.model_validate_json(body)
-        except (StorageError, ValueError, ValidationError) as exc:
+        except (ValueError, ValidationError) as exc:
             log.error("s3://%s/%s: unreadable manifest, ignored: %s", self.bucket, key, exc)
             return None
 
