@@ -26,7 +26,7 @@ from .api.policy import BackupPolicyStatus
 from .controller.retention import plan_retention
 from .controller.status import parse_time, policy_status
 from .credentials import install_log_masking
-from .engine.core import DEFAULT_HELPER_IMAGE, Engine, EngineError
+from .engine.core import DEFAULT_HELPER_IMAGE, TRANSPORTS, Engine, EngineError
 from .frontends.httpserver import MetricsServer
 from .actions.locks import PolicyBusy
 from .frontends.standalone import Controller, load_config
@@ -98,8 +98,16 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True)] = None,
+    transport: Annotated[Optional[str], typer.Option(
+        "--transport", envvar="DOCKVAULT_TRANSPORT",
+        help="how volume streams reach helper containers: auto (fifo when the engine shares dockvault's temp dir, "
+             "else api), api (through the Docker API: remote engines), fifo (named pipes)")] = None,
 ) -> None:
     """dockvault backs up Docker volumes on schedule, prunes safely and restores on request."""
+    if transport is not None:
+        if transport not in TRANSPORTS:
+            raise _fail(f"--transport {transport!r}: use one of {', '.join(TRANSPORTS)}", 2)
+        os.environ["DOCKVAULT_TRANSPORT"] = transport  # read where the engine is made, here and in job threads
 
 
 def _controller(config_dir: Path, state_dir: Path, helper_image: str, max_parallel: int = 2, host: str = "local") -> Controller:

@@ -223,3 +223,56 @@ def test_interrupted_backup_resumes_containers_and_leaves_nothing(docker_client,
     assert docker_client.containers.get(app.id).status == "running"
     assert docker_client.containers.list(all=True, filters={"label": LABEL_JOB}) == []
     assert list((repo_dir / "int").iterdir()) == []
+
+
+@pytest.mark.parametrize("transport", ["api", "fifo"])
+def test_both_transports_back_up_and_restore_the_same(docker_client, test_image, volumes, repo_dir, transport,
+                                                      monkeypatch):
+    """api: the helper's command runs through `docker exec` and the stream crosses the engine's connection, so
+    nothing but the API is shared; fifo: named pipes in a shared temp dir. Both must give the same result."""
+    from dockvault.engine.core import Engine
+
+    engine = Engine(docker_client, helper_image=test_image, transport=transport)
+    source, target = volumes(f"{transport}-src"), volumes(f"{transport}-dst")
+    populate_volume(docker_client, source, megabytes=8)
+    from docker.models.containers import ContainerCollection
+
+    commands: list = []
+    create = ContainerCollection.create
+
+    def spy(self, image, command=None, **kwargs):
+        commands.append(command)
+        return create(self, image, command, **kwargs)
+
+    monkeypatch.setattr(ContainerCollection, "create", spy)
+    pol = policy(transport, source, repo_dir)
+    outcome = run_backup(pol, engine=engine, repository=LocalRepository(repo_dir))
+    assert outcome.succeeded, outcome.record.status.message
+    result = run_restore(restore_request(transport, target), pol, engine=engine, repository=LocalRepository(repo_dir))
+    assert result.succeeded, result.status.message
+    monkeypatch.undo()
+    assert snapshot_volume(docker_client, target) == snapshot_volume(docker_client, source)
+    idle = [c for c in commands if c == ["sleep", "infinity"]]
+    assert len(idle) == (2 if transport == "api" else 0)  # the api transport's helpers idle; their work is exec'd
+
+
+def test_a_helper_killed_mid_stream_fails_the_backup_over_the_api(docker_client, test_image, volumes, repo_dir):
+    from dockvault.engine.core import LABEL_JOB as JOB, Engine
+
+    engine = Engine(docker_client, helper_image=test_image, transport="api")
+    source = volumes("killed-src")
+    populate_volume(docker_client, source, megabytes=60)
+    killed: list[str] = []
+
+    def kill_helper(_n: int) -> None:
+        if not killed:
+            (helper,) = docker_client.containers.list(filters={"label": JOB})
+            helper.kill()
+            killed.append(helper.name)
+
+    outcome = run_backup(policy("killed", source, repo_dir), engine=engine, repository=LocalRepository(repo_dir),
+                         progress=kill_helper)
+    assert killed and outcome.record.status.phase == "Failed"
+    assert "tar of volume" in outcome.record.status.message or "incomplete" in outcome.record.status.message
+    assert list((repo_dir / "killed").iterdir()) == []  # nothing published
+    assert docker_client.containers.list(all=True, filters={"label": JOB}) == []

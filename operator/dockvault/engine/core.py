@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from . import fifo
+from . import execstream, fifo
+from .execstream import ExecProcess
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,9 @@ LABEL_TARGET = "dockvault.io/target"
 LABEL_JOB = "dockvault.io/job"
 LABEL_DRILL = "dockvault.io/drill"  # scratch resources of restore drills: removed after use, and at start-up
 PIPE_MOUNT = "/dockvault"
+STREAM, CONTROL = "{stream}", "{control}"  # placeholders in a helper's command, replaced per transport
+API_CONTROL = "/tmp/dockvault-control"  # the control FIFO inside an api-transport helper
+TRANSPORTS = ("auto", "api", "fifo")
 DEFAULT_HELPER_IMAGE = "dockvault:latest"
 
 
@@ -84,13 +89,28 @@ def new_job_id() -> str:
 
 
 class Helper:
-    """A started helper container with a pipe directory shared with this process."""
+    """A started helper container and its two channels: `stream` (the data) and `control` (the verdict).
 
-    def __init__(self, container: Container, pipe_dir: Path) -> None:
+    Two transports carry them (see `Engine.transport`):
+    - fifo: named pipes in a temp dir that dockvault and the helper both see (bind-mounted at /dockvault): the
+      fastest path, but only where the engine shares dockvault's filesystem;
+    - api: the helper idles and its command runs through `docker exec`, the stream is the exec's stdin or
+      stdout over the engine's own connection (unix socket, TCP+TLS, ssh), and the verdict is written by a
+      second exec into a FIFO inside the container. Nothing is shared but the API.
+    The command names the channels by STREAM and CONTROL (see `Engine.helper`).
+    """
+
+    def __init__(self, container: Container, pipe_dir: Path | None, process: ExecProcess | None = None) -> None:
         self.container = container
         self.pipe_dir = pipe_dir
+        self._process = process
+
+    @property
+    def transport(self) -> str:
+        return "api" if self._process is not None else "fifo"
 
     def pipe(self, name: str) -> str:
+        assert self.pipe_dir is not None
         return str(self.pipe_dir / name)
 
     def alive(self) -> bool:
@@ -100,37 +120,94 @@ class Helper:
             return False
         return self.container.status in ("created", "running")
 
-    def read(self, name: str) -> Iterator[bytes]:
-        """The stream the helper writes into pipe `name`."""
-        return fifo.read_chunks(self.pipe(name), alive=self.alive)
+    def read(self) -> Iterator[bytes]:
+        """The stream the helper's command writes."""
+        if self._process is not None:
+            return self._process.stdout()
+        return fifo.read_chunks(self.pipe("stream"), alive=self.alive)
 
-    def writer(self, name: str) -> BinaryIO:
-        """A file object feeding pipe `name`, opened once the helper reads it."""
-        return fifo.open_writer(self.pipe(name), alive=self.alive)
+    def writer(self) -> BinaryIO:
+        """A file object feeding the helper's command; closing it ends the stream (end of file)."""
+        if self._process is not None:
+            return _ExecInput(self._process)  # type: ignore[return-value]
+        return fifo.open_writer(self.pipe("stream"), alive=self.alive)
+
+    def decide(self, word: str) -> None:
+        """Write one line on the control channel (the helper waits for it before it commits)."""
+        if self._process is None:
+            with fifo.open_writer(self.pipe("control"), alive=self.alive) as control:
+                control.write(word.encode() + b"\n")
+            return
+        # Opened read-write, a FIFO never blocks the writer, even when the helper's script is gone already.
+        result = execstream.run(self.container.client, self.container.id,
+                                ["sh", "-c", f'[ -p {API_CONTROL} ] && exec 3<> {API_CONTROL} && printf "%s\\n" "$1" >&3',
+                                 "sh", word])
+        if result.exit_code != 0:
+            raise OSError(f"cannot reach the helper's control channel: {result.stderr or result.exit_code}")
 
     def wait(self, timeout: float | None = None) -> HelperResult:
+        if self._process is not None:
+            result = self._process.result(timeout=timeout if timeout is not None else 24 * 3600)
+            return HelperResult(result.exit_code, result.stderr[-2000:])
         result = self.container.wait(timeout=timeout)
         stderr = self.container.logs(stdout=False, stderr=True).decode("utf-8", "replace").strip()
         return HelperResult(int(result.get("StatusCode", -1)), stderr[-2000:])
 
 
+class _ExecInput:
+    """The exec's stdin as a write-only file: close() half-closes the connection, so the command sees EOF.
+
+    Its output is drained meanwhile (stderr's tail is kept for the result): a command that writes while it
+    reads must never block on a full connection while dockvault blocks on sending."""
+
+    def __init__(self, process: ExecProcess) -> None:
+        self._process = process
+        self._drain = threading.Thread(target=self._discard_output, name="helper-output", daemon=True)
+        self._drain.start()
+
+    def _discard_output(self) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            for _ in self._process.stdout():
+                pass
+
+    def write(self, data: bytes) -> int:
+        self._process.send(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._process.close_stdin()
+
+    def __enter__(self) -> _ExecInput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Engine:
     """Thin wrapper over the Docker SDK, configured from DOCKER_HOST like the docker CLI."""
 
-    def __init__(self, client: docker.DockerClient, *, helper_image: str = DEFAULT_HELPER_IMAGE) -> None:
+    def __init__(self, client: docker.DockerClient, *, helper_image: str = DEFAULT_HELPER_IMAGE,
+                 transport: str | None = None) -> None:
+        transport = transport or os.environ.get("DOCKVAULT_TRANSPORT") or "auto"
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
         self.client = client
         self.helper_image = helper_image
         self._image_id: str | None = None
+        self._transport = transport
 
     @classmethod
-    def from_env(cls, *, helper_image: str = DEFAULT_HELPER_IMAGE) -> Engine:
+    def from_env(cls, *, helper_image: str = DEFAULT_HELPER_IMAGE, transport: str | None = None) -> Engine:
+        """The engine DOCKER_HOST names, as the docker CLI reaches it; `transport` (default: $DOCKVAULT_TRANSPORT,
+        else auto) carries the helpers' streams."""
         try:
             client = docker.from_env(version="auto", timeout=300)
             client.ping()
         except docker.errors.DockerException as exc:
             host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
             raise EngineError(f"cannot reach the Docker engine at {host}: {exc}", temporary=True) from exc
-        return cls(client, helper_image=helper_image)
+        return cls(client, helper_image=helper_image, transport=transport)
 
     # --- volumes -------------------------------------------------------------------------------
     def volume_exists(self, name: str) -> bool:
@@ -204,6 +281,33 @@ class Engine:
                 ) from None
         return self._image_id
 
+    @property
+    def transport(self) -> str:
+        """fifo or api, resolved once: `auto` takes the FIFOs when the engine sees dockvault's temp dir (a local
+        engine sharing this filesystem), else the API (remote engines, or dockvault in its own mount namespace)."""
+        if self._transport == "auto":
+            self._transport = "fifo" if self._sees_our_temp_dir() else "api"
+            log.info("helper streams use the %s transport", self._transport)
+        return self._transport
+
+    def _sees_our_temp_dir(self) -> bool:
+        host = os.environ.get("DOCKER_HOST", "unix://")
+        if not host.startswith("unix://"):
+            return False
+        probe = Path(tempfile.mkdtemp(prefix="dockvault-probe-"))
+        token = uuid.uuid4().hex
+        try:
+            (probe / "probe").write_text(token)
+            output = self.client.containers.run(self.helper_image, ["cat", f"{PIPE_MOUNT}/probe"], entrypoint=[],
+                                                remove=True, network_mode="none", user="0:0",
+                                                volumes={str(probe): {"bind": PIPE_MOUNT, "mode": "ro"}})
+            return output.decode(errors="replace").strip() == token
+        except docker.errors.DockerException as exc:
+            log.debug("transport probe failed, using the api transport: %s", exc)
+            return False
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+
     @contextlib.contextmanager
     def helper(
         self,
@@ -213,37 +317,43 @@ class Engine:
         mount: str,
         read_only: bool,
         labels: Mapping[str, str],
-        pipes: tuple[str, ...] = (),
+        stdin: bool = False,
     ) -> Iterator[Helper]:
-        """Run a short-lived helper with `volume` at `mount`; it is removed afterwards whatever happens."""
+        """Run a short-lived helper with `volume` at `mount`; it is removed afterwards whatever happens.
+
+        `command` names its data stream STREAM (read when `stdin`, else written) and its control channel
+        CONTROL; they become FIFO paths or, on the api transport, "-" (stdin/stdout) and a FIFO in the container.
+        """
         self.helper_image_id()
-        pipe_dir = Path(tempfile.mkdtemp(prefix="dockvault-pipe-"))
+        api = self.transport == "api"
+        pipe_dir = None if api else Path(tempfile.mkdtemp(prefix="dockvault-pipe-"))
+        stream, control = ("-", API_CONTROL) if api else (f"{PIPE_MOUNT}/stream", f"{PIPE_MOUNT}/control")
+        argv = [part.replace(STREAM, stream).replace(CONTROL, control) for part in command]
         container = None
         try:
-            for name in pipes:
-                os.mkfifo(pipe_dir / name, 0o600)
+            volumes = {volume: {"bind": mount, "mode": "ro" if read_only else "rw"}}
+            if pipe_dir is not None:
+                for name in ("stream", "control"):
+                    os.mkfifo(pipe_dir / name, 0o600)
+                volumes[str(pipe_dir)] = {"bind": PIPE_MOUNT, "mode": "rw"}
             container = self.client.containers.create(
-                self.helper_image,
-                command,
-                entrypoint=[],
-                labels=dict(labels),
-                network_mode="none",
-                user="0:0",
-                working_dir="/",
-                volumes={
-                    volume: {"bind": mount, "mode": "ro" if read_only else "rw"},
-                    str(pipe_dir): {"bind": PIPE_MOUNT, "mode": "rw"},
-                },
-            )
+                self.helper_image, ["sleep", "infinity"] if api else argv, entrypoint=[], labels=dict(labels),
+                network_mode="none", user="0:0", working_dir="/", volumes=volumes)
             container.start()
-            yield Helper(container, pipe_dir)
+            if api:
+                with ExecProcess(self.client, container.id, argv, stdin=stdin) as process:
+                    yield Helper(container, None, process)
+            else:
+                yield Helper(container, pipe_dir)
         except docker.errors.APIError as exc:
-            raise EngineError(f"helper container for volume {volume!r} failed: {exc.explanation or exc}") from exc
+            raise EngineError(f"helper container for volume {volume!r} failed: {exc.explanation or exc}",
+                              temporary=_temporary_docker_error(exc)) from exc
         finally:
             if container is not None:
                 with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                     container.remove(force=True)
-            shutil.rmtree(pipe_dir, ignore_errors=True)
+            if pipe_dir is not None:
+                shutil.rmtree(pipe_dir, ignore_errors=True)
 
     def remove_leftovers(self, *, policy: str | None = None, spare: frozenset[str] = frozenset()) -> list[str]:
         """Remove helpers and drill scratch resources a killed dockvault left behind (found by their labels): of

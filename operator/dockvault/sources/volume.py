@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ..api.backup import Artifact
 from ..api.policy import BackupTarget, DrillCheck
 from ..api.restore import RestoreTarget
-from ..engine.core import LABEL_DRILL, Engine, Helper
+from ..engine.core import CONTROL, LABEL_DRILL, STREAM, Engine, EngineError, Helper
 from ..engine.fifo import PeerGone
 from ..engine.quiesce import Journal, quiesced
 from .base import BackupContext, Opener, RestoreContext, RestoreRefused, SourceError
@@ -21,7 +21,7 @@ SOURCE_MOUNT = "/source"
 TARGET_MOUNT = "/target"
 # POSIX (pax) format keeps sub-second mtimes and long names without GNU extensions; atime/ctime are noise.
 # 1 MiB records: tar's default 10 KiB would cost a pipe round trip and a compress call per 10 KiB.
-TAR_CREATE = ["tar", "--create", "--file", "/dockvault/stream", "--format=posix", "--pax-option=delete=atime,delete=ctime",
+TAR_CREATE = ["tar", "--create", "--file", STREAM, "--format=posix", "--pax-option=delete=atime,delete=ctime",
               "--record-size=1M", "--numeric-owner", "--directory", SOURCE_MOUNT, "."]
 # GNU tar exits 1 when a file changed while it was read: the archive is complete, the file may be torn.
 TAR_CHANGED = 1
@@ -30,12 +30,13 @@ TAR_CHANGED = 1
 # so a refused or broken archive never replaces what the volume held.
 RESTORE_SCRIPT = r"""
 set -eu
-stage="/target/$1"
+stage="/target/$1" stream="$2" control="$3"
+[ -p "$control" ] || mkfifo "$control"
 touch -r /target /tmp/.dockvault-before
 trap 'rm -rf -- "$stage"; touch -r /tmp/.dockvault-before /target' EXIT
 mkdir -- "$stage"
-tar --extract --read-full-records --file /dockvault/stream --directory "$stage" --numeric-owner --same-owner --same-permissions
-read -r decision < /dockvault/control
+tar --extract --read-full-records --file "$stream" --directory "$stage" --numeric-owner --same-owner --same-permissions
+read -r decision < "$control"
 [ "$decision" = commit ] || exit 3
 touch -r "$stage" /tmp/.dockvault-mtime
 find /target -mindepth 1 -maxdepth 1 ! -path "$stage" -exec rm -rf -- {} +
@@ -55,9 +56,9 @@ def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], 
     end = EndMarker()
     opened = True
     with quiesced(engine, volume, quiesce, journal):
-        with engine.helper(TAR_CREATE, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels, pipes=("stream",)) as helper:
+        with engine.helper(TAR_CREATE, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels) as helper:
             try:
-                yield from end.watch(helper.read("stream"))
+                yield from end.watch(helper.read())
             except PeerGone:
                 opened = False  # the exit code below says why, or the checks after it
             result = helper.wait()
@@ -69,8 +70,9 @@ def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], 
     if not opened:
         raise SourceError(
             f"the helper archiving volume {volume!r} exited {result.exit_code} without writing into dockvault's stream: "
-            f"the Docker engine cannot see dockvault's temp dir ({pipes}). Run dockvault on the Docker host with a "
-            "temp dir the engine shares (TMPDIR; in a container, bind-mount it at the same path)")
+            f"the Docker engine cannot see dockvault's temp dir ({pipes}). Use the api transport (--transport api, "
+            "or DOCKVAULT_TRANSPORT=api; auto chooses it when the engine does not share the temp dir), or give "
+            "dockvault a temp dir the engine shares (TMPDIR; in a container, bind-mount it at the same path)")
     if not end.seen:
         raise SourceError(f"the archive of volume {volume!r} is incomplete: "
                           f"{end.problem or 'the stream ended without tar end-of-archive marker'} "
@@ -95,9 +97,8 @@ def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
 def _abort(helper: Helper) -> None:
     """Tell the helper to drop its staging folder, and let it finish before it is removed."""
     try:
-        with helper.writer("control") as control:
-            control.write(b"abort\n")
-    except (PeerGone, OSError):
+        helper.decide("abort")
+    except (PeerGone, OSError, EngineError):
         pass  # the helper is gone already; its trap removed the staging folder
     try:
         helper.wait(timeout=120)
@@ -125,18 +126,16 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
         engine.create_volume(spec.name, ctx.labels(destination.from_))
     stage = f".dockvault-restore-{ctx.job_id}"
     try:
-        with engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", stage], volume=spec.name, mount=TARGET_MOUNT,
-                           read_only=False, labels=ctx.labels(destination.from_), pipes=("stream", "control")) as helper:
+        with engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", stage, STREAM, CONTROL], volume=spec.name,
+                           mount=TARGET_MOUNT, read_only=False, labels=ctx.labels(destination.from_),
+                           stdin=True) as helper:
             try:
-                with helper.writer("stream") as out:
+                with helper.writer() as out:
                     for block in checked_tar(ctx.stream(opener)):
                         out.write(block)
-                with helper.writer("control") as control:
-                    control.write(b"commit\n")
-            except PeerGone:
-                pass  # tar failed; its exit code and message follow
-            except BrokenPipeError:
-                pass
+                helper.decide("commit")
+            except (PeerGone, BrokenPipeError, ConnectionResetError):
+                pass  # the helper's tar stopped reading: its exit code and message follow
             except BaseException:
                 _abort(helper)
                 raise
