@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts in this folder (volume_backup.py, db_dump.py, drill_rto.py).
+"""Helpers shared by the benchmark scripts in this folder (volume_backup.py, db_dump.py, drill_rto.py, s3_backup.py).
 
 The scripts run as `python3 benchmarks/X.py` (directly or through scripts/harness.sh), so this folder is
 on sys.path and they import this module as `from common import ...`.
