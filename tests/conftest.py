@@ -128,3 +128,14 @@ def second_docker_host(docker_client, test_image) -> Iterator[str]:
 
     with second_engine(test_image, os.environ["DOCKER_HOST"]) as host:
         yield host
+
+
+@pytest.fixture(scope="session")
+def tls_docker_env(docker_client, test_image) -> Iterator[dict[str, str]]:
+    """DOCKER_HOST (tcp://127.0.0.1:PORT), DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH of a second private engine
+    that requires TLS client certificates, with the fixture image; a tests.second_engine.TLSEngine, whose
+    `setup_host` is the same engine's plain unix socket, for set-up that is not under test."""
+    from tests.second_engine import tls_engine
+
+    with tls_engine(test_image, os.environ["DOCKER_HOST"]) as env:
+        yield env

@@ -1,33 +1,40 @@
-"""Webhook notifications of job outcomes: best effort, off the job's thread, and never a leaked token.
+"""Notifications of job outcomes, by mail and webhook: best effort, off the job's thread, and never a leaked secret.
 
 A notification is a side channel: a receiver that is down, slow or wrong must never fail or delay a backup, so
 nothing here raises to the caller. Webhook URLs often embed tokens, so every URL is registered as a secret and
-only ever shown masked.
+only ever shown masked; the SMTP login is read (and registered) only when a mail is sent, through an encrypted
+connection with a verified certificate.
 """
 
 from __future__ import annotations
 
 import base64
 import collections
+import contextvars
+import email.message
+import email.utils
 import http.client
 import json
 import logging
 import os
 import re
+import smtplib
+import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from . import __version__
-from .api.notify import NotifySpec, Webhook, webhook_url_problem
-from .credentials import MASK, mask, register
+from .api.common import format_duration
+from .api.notify import Email, NotifySpec, Smtp, Webhook, webhook_url_problem
+from .credentials import MASK, SecretError, mask, read_secret, register
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,9 @@ _SENSITIVE_NAME = re.compile(r"auth|cookie|token|secret|key|sig|pass|code", re.I
 
 @dataclass(frozen=True)
 class Event:
-    """The outcome of one backup, restore or drill of a policy, as receivers see it."""
+    """The outcome of one backup, restore, drill or copy of a policy, as receivers see it.
+
+    The fields after `host` are optional and only shown in mails (the webhook payload keeps its shape)."""
 
     policy: str
     target: str | None
@@ -53,6 +62,13 @@ class Event:
     duration_seconds: float | None
     message: str | None
     host: str
+    namespace: str | None = None  # the policy's namespace in Kubernetes mode, None in standalone mode
+    raw_bytes: int | None = None  # uncompressed size of what was backed up
+    compression: str | None = None  # algorithm and level, e.g. "zstd level 3"
+    rpo_age_seconds: float | None = None  # age of the newest good backup; None when there is none (yet)
+    rpo_target_seconds: float | None = None  # objectives.rpo
+    rto_seconds: float | None = None  # last measured restore or drill
+    rto_target_seconds: float | None = None  # objectives.rto
 
     def to_payload(self, *, now: datetime | None = None) -> dict[str, Any]:
         at = (now or datetime.now(UTC)).astimezone(UTC)
@@ -73,11 +89,14 @@ class Event:
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    url_masked: str
+    """How sending to one receiver ended: a webhook (its masked URL) or a mail (its recipients and server)."""
+
+    receiver: str
     ok: bool
     attempts: int
-    status: int | None
+    status: int | None  # the HTTP status or the SMTP reply code, when there was one
     error: str | None
+    channel: Literal["webhook", "email"] = "webhook"
 
 
 class NotifyError(RuntimeError):

@@ -26,8 +26,10 @@ def make_policy(repo: Path, targets: list[dict], checks: list[dict] | None = Non
 
 
 def leftovers(client) -> list[str]:
-    containers = [c.name for c in client.containers.list(all=True, filters={"label": LABEL_JOB})]
-    return containers + [v.name for v in client.volumes.list(filters={"label": LABEL_DRILL})]
+    """Helpers and scratch resources of this file's policy that outlived their job."""
+    mine = "dockvault.io/policy=drilled"
+    containers = [c.name for c in client.containers.list(all=True, filters={"label": [LABEL_JOB, mine]})]
+    return containers + [v.name for v in client.volumes.list(filters={"label": [LABEL_DRILL, mine]})]
 
 
 def test_volume_drill_restores_compares_and_cleans_up(docker_client, engine, volumes, repo_dir):
@@ -115,3 +117,63 @@ def test_start_up_removes_drill_leftovers(docker_client, engine, test_image):
     removed = engine.remove_leftovers()
     assert "dockvault-drill-leftover-c" in removed and "volume dockvault-drill-leftover" in removed
     assert leftovers(docker_client) == []
+
+
+def _pg_with_mounted_data(client, image: str, script_guard: str):
+    """A PostgreSQL server whose data directory exists only as a mount point (/srv/pg is not in the image):
+    `script_guard` runs first in its command, as such images' entrypoints check their mount."""
+    from tests.dbfixtures import PG_INIT, PG_PATH, PgServer, _start, new_password
+
+    password = new_password()
+    env = {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": password, "PGDATA": "/srv/pg/data", "PATH": PG_PATH,
+           "LANG": "C.UTF-8"}
+    return _start(PgServer, client, image, kind="pg", env=env, script=script_guard + PG_INIT, data_dir="/srv/pg",
+                  volume=None, name=None, timeout=120, password=password, user="postgres")
+
+
+def test_a_drill_starts_a_server_whose_data_directory_is_only_a_mount_point(docker_client, repo_dir, test_image):
+    server = _pg_with_mounted_data(docker_client, test_image,
+                                   '[ -d /srv/pg ] || { echo "data directory /srv/pg is not mounted" >&2; exit 64; }\n')
+    try:
+        server.psql("CREATE DATABASE shop")
+        server.psql("CREATE TABLE items AS SELECT generate_series(1, 10) AS i", "shop")
+        engine = Engine(docker_client, helper_image=test_image)
+        pol = make_policy(repo_dir, [{"name": "db", "postgres": {"container": server.name, "databases": ["shop"]}}],
+                          [{"sql": "SELECT count(*) FROM items", "expect": "=10"}])
+        repo = LocalRepository(repo_dir)
+        assert run_backup(pol, engine=engine, repository=repo).succeeded
+        outcome = run_drill(pol, engine=engine, repository=repo)
+        assert outcome.succeeded, outcome.drill.message
+        assert leftovers(docker_client) == []  # the scratch volume at /srv/pg is gone too
+    finally:
+        server.remove()
+
+
+def test_a_scratch_server_that_exits_fails_the_drill_with_its_code_and_log(docker_client, repo_dir, test_image,
+                                                                          monkeypatch):
+    from docker.models.containers import ContainerCollection
+
+    server = _pg_with_mounted_data(docker_client, test_image, "")
+    try:
+        server.psql("CREATE DATABASE shop")
+        engine = Engine(docker_client, helper_image=test_image)
+        pol = make_policy(repo_dir, [{"name": "db", "postgres": {"container": server.name, "databases": ["shop"]}}])
+        repo = LocalRepository(repo_dir)
+        assert run_backup(pol, engine=engine, repository=repo).succeeded
+        run = ContainerCollection.run
+
+        def refusing(self, image, command=None, **kwargs):  # an image whose entrypoint refuses to start
+            if LABEL_DRILL in (kwargs.get("labels") or {}):
+                command = ["sh", "-c", 'echo "not seeded: refusing to start" >&2; exit 7']
+            return run(self, image, command, **kwargs)
+
+        monkeypatch.setattr(ContainerCollection, "run", refusing)
+        outcome = run_drill(pol, engine=engine, repository=repo)
+        monkeypatch.undo()
+        assert outcome.drill.phase == "Failed"
+        message = outcome.drill.message
+        assert f"the scratch server started from container {server.name!r} exited with code 7" in message
+        assert "not seeded: refusing to start" in message
+        assert leftovers(docker_client) == []
+    finally:
+        server.remove()

@@ -220,6 +220,8 @@ def _is_tls_failure(exc: BaseException) -> bool:
 
 
 def _tls_message(settings: DockerSettings, exc: BaseException) -> str:
+    import ssl
+
     files = settings.tls
     assert files is not None
     detail = str(exc)
@@ -227,8 +229,11 @@ def _tls_message(settings: DockerSettings, exc: BaseException) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in detail:
         return (f"{where}: the engine's certificate is not accepted with the CA {files.ca_cert} "
                 f"({files.cert_path_source}, DOCKER_TLS_VERIFY is set): {detail}")
-    if "alert" in detail.lower():  # the engine refused us: e.g. "tlsv13 alert certificate required", "bad certificate"
+    # The engine refusing our certificate shows as an alert ("tlsv13 alert certificate required", "... bad
+    # certificate") or, with TLS 1.3 where the client finishes first, as the connection closing right away.
+    if "alert" in detail.lower() or any(isinstance(e, ssl.SSLEOFError) for e in _chain(exc)):
         mine = (f"the client certificate {files.client_cert[0]}" if files.client_cert else
                 f"no client certificate (neither cert.pem nor key.pem in {files.cert_path})")
-        return f"{where}: the engine rejected the handshake; this client sent {mine} ({files.cert_path_source}): {detail}"
+        return (f"{where}: the engine ended the handshake, most likely refusing the client certificate; this "
+                f"client sent {mine} ({files.cert_path_source}): {detail}")
     return f"{where} ({files.cert_path_source}): {detail}"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 import docker.errors
+from docker.types import Mount
 
 from ..api.backup import Artifact
 from ..api.policy import DrillCheck, expectation
@@ -121,35 +123,81 @@ def pick_dumps(artifacts: list[Artifact], destination: RestoreTarget, wanted: st
     return chosen
 
 
+@dataclass
+class Scratch:
+    """A drill's scratch server: started from a user's database container, with no data and no network."""
+
+    name: str
+    source: str
+    container: Any
+
+    def problem(self) -> str | None:
+        """None while it runs; else its exit code and last log lines, naming the container it was made from."""
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return f"the scratch server started from container {self.source!r} is gone"
+        if self.container.status in ("created", "running"):
+            return None
+        code = self.container.attrs.get("State", {}).get("ExitCode")
+        return (f"the scratch server started from container {self.source!r} exited with code {code}; "
+                f"its last log lines: {self.tail() or '(none)'}")
+
+    def tail(self, lines: int = 8) -> str:
+        with contextlib.suppress(docker.errors.APIError):
+            return " | ".join(self.container.logs(tail=lines).decode("utf-8", "replace").strip().splitlines())
+        return ""
+
+
 @contextlib.contextmanager
-def throwaway(engine: Engine, source: str, *, name: str, labels: dict[str, str]) -> Iterator[str]:
-    """A scratch server from the same image and settings as `source`, with no data, no mounts and no network."""
+def throwaway(engine: Engine, source: str, *, name: str, labels: dict[str, str]) -> Iterator[Scratch]:
+    """A scratch server from the same image and settings as `source`, with no network and no data: an empty
+    scratch volume at each of the source's mount points (images whose data directory exists only as a mount
+    point cannot start without one), and its tmpfs mounts. Volumes and server are removed afterwards."""
     try:
-        config = engine.client.containers.get(source).attrs["Config"]
+        attrs = engine.client.containers.get(source).attrs
     except docker.errors.NotFound:
         raise SourceError(f"a drill starts its scratch server from container {source!r}, which does not exist") from None
-    container = engine.client.containers.run(
-        config["Image"], command=config.get("Cmd"), entrypoint=config.get("Entrypoint"),
-        environment=config.get("Env"), user=config.get("User") or None, working_dir=config.get("WorkingDir") or None,
-        labels={**labels, LABEL_DRILL: "true"}, name=name, network_mode="none", detach=True)
+    config = attrs["Config"]
+    scratch_labels = {**labels, LABEL_DRILL: "true"}
+    destinations = sorted({m["Destination"] for m in attrs.get("Mounts") or [] if m.get("Type") in ("volume", "bind")})
+    volumes: list[str] = []
+    container = None
     try:
-        yield container.name
+        for index in range(len(destinations)):
+            engine.create_volume(f"{name}-m{index}", scratch_labels)
+            volumes.append(f"{name}-m{index}")
+        container = engine.client.containers.run(
+            config["Image"], command=config.get("Cmd"), entrypoint=config.get("Entrypoint"),
+            environment=config.get("Env"), user=config.get("User") or None,
+            working_dir=config.get("WorkingDir") or None, labels=scratch_labels, name=name, network_mode="none",
+            detach=True, tmpfs=(attrs.get("HostConfig") or {}).get("Tmpfs") or None,
+            mounts=[Mount(target=d, source=v, type="volume") for d, v in zip(destinations, volumes)])
+        yield Scratch(container.name, source, container)
     finally:
-        with contextlib.suppress(docker.errors.APIError):
-            container.remove(force=True, v=True)
+        if container is not None:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True, v=True)
+        for volume in volumes:
+            engine.remove_volume(volume)
 
 
-def wait_ready(probe, *, what: str, timeout: float = 180.0, cancel=None) -> None:
-    """Call `probe` until it stops raising SourceError; a scratch server needs a moment to initialise."""
+def wait_ready(probe, *, what: str, timeout: float = 180.0, cancel=None, scratch: Scratch | None = None) -> None:
+    """Call `probe` until it stops raising SourceError; a scratch server needs a moment to initialise. One that
+    exits fails at once, with its exit code and last log lines."""
     deadline = time.monotonic() + timeout
     while True:
         check_cancel(cancel)
         try:
             probe()
             return
-        except SourceError as exc:
+        except (SourceError, docker.errors.APIError) as exc:  # a stopped container answers exec with 409
+            gone = scratch.problem() if scratch is not None else None
+            if gone:
+                raise SourceError(gone) from None
             if time.monotonic() > deadline:
-                raise SourceError(f"{what} did not become ready within {timeout:.0f}s: {exc}") from None
+                tail = f"; its last log lines: {scratch.tail()}" if scratch is not None else ""
+                raise SourceError(f"{what} did not become ready within {timeout:.0f}s: {exc}{tail}") from None
         time.sleep(0.5)
 
 

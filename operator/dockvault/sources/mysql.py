@@ -129,10 +129,10 @@ def drill(target: BackupTarget, streams: list[tuple[Artifact, Opener]], ctx: Res
     assert spec is not None
     name = f"dockvault-drill-{ctx.job_id}-{target.name}"
     with throwaway(ctx.engine, spec.container, name=name, labels=ctx.labels(target.name)) as scratch:
-        access = {"container": scratch, "user": spec.user, "passwordFrom": spec.password_from}
+        access = {"container": scratch.name, "user": spec.user, "passwordFrom": spec.password_from}
         probe = MysqlRestore.model_validate({**access, "database": "mysql"})
-        wait_ready(lambda: Server(ctx.engine, probe).sql(b"SELECT 1;", what="probe"), what=f"scratch server {scratch}",
-                   cancel=ctx.cancel)
+        wait_ready(lambda: Server(ctx.engine, probe).sql(b"SELECT 1;", what="probe"),
+                   what=f"scratch server {scratch.name}", cancel=ctx.cancel, scratch=scratch)
         server = Server(ctx.engine, probe)
         for artifact, opener in (s for s in streams if s[0].details.get("database")):
             database = artifact.details["database"]

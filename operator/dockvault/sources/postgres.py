@@ -165,10 +165,11 @@ def drill(target: BackupTarget, streams: list[tuple[Artifact, Opener]], ctx: Res
     dumps = [s for s in streams if s[0].details.get("database")]
     name = f"dockvault-drill-{ctx.job_id}-{target.name}"
     with throwaway(ctx.engine, spec.container, name=name, labels=ctx.labels(target.name)) as scratch:
-        access = {"container": scratch, "user": spec.user, "passwordFrom": spec.password_from}
-        db = _db(ctx.engine, PostgresRestore.model_validate({**access, "database": "postgres"}))
-        wait_ready(lambda: db.run(psql("postgres", "SELECT 1"), what="probe"), what=f"scratch server {scratch}",
-                   cancel=ctx.cancel)
+        access = {"container": scratch.name, "user": spec.user, "passwordFrom": spec.password_from}
+        admin = PostgresRestore.model_validate({**access, "database": "postgres"})
+        wait_ready(lambda: _db(ctx.engine, admin).run(psql("postgres", "SELECT 1"), what="probe"),
+                   what=f"scratch server {scratch.name}", cancel=ctx.cancel, scratch=scratch)
+        db = _db(ctx.engine, admin)
         for index, (artifact, opener) in enumerate(dumps):
             database = artifact.details["database"]
             destination = RestoreTarget.model_validate(
