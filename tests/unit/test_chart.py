@@ -63,6 +63,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "socket": {"docker": {"mode": "socket", "socket": {"group": 998}}, "host": "node-a",
                "nodeSelector": {"kubernetes.io/hostname": "node-a"}},
     "tcp-tls": TLS_VALUES,
+    "remote-hosts": {**TLS_VALUES, "remoteHosts": [
+        {"name": "docker-a", "dockerHost": "tcp://docker-a.example.internal:2376", "tlsSecretName": "docker-a-tls"},
+        {"name": "docker-b", "dockerHost": "tcp://docker-b.example.internal:2376", "tlsSecretName": "docker-b-tls"}]},
     "monitoring": MONITORING_VALUES,
     "secrets": {"secrets": {"enabled": True, "resourceNames": ["pg-credentials", "webhook-url"]}},
     "peering-off": {"peering": {"enabled": False}},
@@ -372,7 +375,8 @@ def test_rbac_is_least_privilege(chart: Any, case: str):
                                   "name": one(docs, role_kind)["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
                                     "namespace": NAMESPACE}]
-    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
     if not cluster_wide:
         assert one(docs, "Role")["metadata"]["namespace"] == NAMESPACE
 
@@ -464,6 +468,33 @@ def test_offsite_keys_and_the_age_identity_come_from_secrets(chart: Any):
     plain = pod(render(chart, {}))
     assert "envFrom" not in plain["containers"][0]
     assert "age-identity" not in {v["name"] for v in plain["volumes"]}
+
+
+def test_one_operator_per_remote_host(chart: Any):
+    docs = render(chart, VALUE_SETS["remote-hosts"])
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert len(deployments) == 2
+    seen = {}
+    for deployment in deployments.values():
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        host = container["args"][container["args"].index("--host") + 1]
+        tls = next(v for v in spec["volumes"] if v["name"] == "docker-tls")["secret"]["secretName"]
+        seen[host] = (env(container)["DOCKER_HOST"], tls)
+        assert deployment["spec"]["selector"]["matchLabels"]["dockvault.io/host"] == host
+        assert deployment["spec"]["template"]["metadata"]["labels"]["dockvault.io/host"] == host
+    assert seen == {"docker-a": ("tcp://docker-a.example.internal:2376", "docker-a-tls"),
+                    "docker-b": ("tcp://docker-b.example.internal:2376", "docker-b-tls")}
+    peerings = sorted(d["metadata"]["name"] for d in docs if d["kind"] in ("KopfPeering", "ClusterKopfPeering"))
+    assert peerings == ["dockvault-docker-a", "dockvault-docker-b"]
+    single = render(chart, TLS_VALUES)
+    (deployment,) = [d for d in single if d["kind"] == "Deployment"]
+    assert "dockvault.io/host" not in deployment["spec"]["selector"]["matchLabels"]  # upgrades keep the selector
+
+
+def test_remote_hosts_need_tcp_mode(chart: Any):
+    with pytest.raises(Exception, match="remoteHosts needs docker.mode: tcp"):
+        render(chart, {"remoteHosts": VALUE_SETS["remote-hosts"]["remoteHosts"]})
 
 
 def test_existing_claim_and_helper_image(chart: Any):

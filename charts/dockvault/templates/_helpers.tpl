@@ -55,12 +55,34 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
+The hosts this release serves, one Deployment each: .Values.remoteHosts, or else the one .Values.host. Each entry:
+name, dockerHost (tcp mode), tlsSecretName, suffix (appended to resource names; empty for the single host).
+*/}}
+{{- define "dockvault.hosts" -}}
+{{- if .Values.remoteHosts }}
+{{- if ne .Values.docker.mode "tcp" }}
+{{- fail "remoteHosts needs docker.mode: tcp (each entry is a remote engine over TCP+TLS)" }}
+{{- end }}
+{{- range .Values.remoteHosts }}
+- {name: {{ .name | quote }}, dockerHost: {{ .dockerHost | quote }}, tlsSecretName: {{ .tlsSecretName | quote }}, suffix: {{ printf "-%s" .name | quote }}}
+{{- end }}
+{{- else }}
+- {name: {{ .Values.host | quote }}, dockerHost: {{ .Values.docker.tcp.host | quote }}, tlsSecretName: {{ .Values.docker.tcp.tls.secretName | quote }}, suffix: ""}
+{{- end }}
+{{- end }}
+
+{{/*
 The kopf peering name of .Values.host, exactly as frontends/kube.py's peering_name(host): "dockvault-" + the host as
 a DNS label (lowercase, runs of other characters as "-", at most 40 characters, "default" when empty) and, when
 that label differs from the host, "-" + the first 6 hex digits of the host's SHA-256.
 */}}
 {{- define "dockvault.peeringName" -}}
-{{- $host := toString .Values.host }}
+{{- include "dockvault.peeringNameOf" (toString .Values.host) }}
+{{- end }}
+
+{{/* The same for a host name given as the argument (remoteHosts). */}}
+{{- define "dockvault.peeringNameOf" -}}
+{{- $host := toString . }}
 {{- $label := regexReplaceAll "[^a-z0-9-]+" (lower $host) "-" | trimAll "-" | trunc 40 | trimAll "-" }}
 {{- $label = default "default" $label }}
 {{- if ne $label $host }}
