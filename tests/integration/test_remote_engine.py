@@ -178,8 +178,8 @@ PG_CHECKS = ["SELECT id, title, encode(payload, 'base64') FROM items ORDER BY id
 RESTORE_TIMEOUT = 60.0
 
 
-class RestoreHung(AssertionError):
-    """The restore did not finish: the exec stream's stdin never reached end-of-file over TLS."""
+class Hung(AssertionError):
+    """A job or command over the TLS connection did not finish in time."""
 
 
 @pytest.fixture
@@ -227,10 +227,6 @@ def test_postgres_dump_backup_over_tls(tls_engine_job):
     assert outcome.record.status.bytes > 0
 
 
-@pytest.mark.xfail(raises=RestoreHung, strict=True,
-                   reason="engine/execstream.py ExecProcess.close_stdin calls socket.shutdown(SHUT_WR), which on an "
-                          "ssl.SSLSocket drops the TLS layer: the engine never sees end-of-file on stdin and the "
-                          "reader then parses raw TLS records as frames. Needs a TLS close_notify instead.")
 def test_postgres_dump_backup_drop_restore_over_tls(tls_engine_job):
     from dockvault.actions.backup import run_backup
     from dockvault.actions.restore import run_restore
@@ -261,9 +257,49 @@ def test_postgres_dump_backup_drop_restore_over_tls(tls_engine_job):
     if worker.is_alive():
         server.container.remove(force=True)  # ends the exec, and with it the stuck connection
         worker.join(30)
-        raise RestoreHung(f"the restore over TLS did not finish within {RESTORE_TIMEOUT:.0f}s")
+        raise Hung(f"the restore over TLS did not finish within {RESTORE_TIMEOUT:.0f}s")
     if "error" in done:
         raise done["error"]
     result = done["result"]
     assert result.succeeded, result.status.message
     assert [server.psql(sql, "shop") for sql in PG_CHECKS] == before
+
+
+# ---------------------------------------------------------------------- exec streams over TLS --
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the reader's EOFError
+def test_exec_output_written_after_stdin_ends_arrives_over_tls(remote_env, test_image):
+    """What ExecProcess.feed does for restores (psql, mysql, the api transport's helpers): send stdin, end it,
+    read what the command writes then. Over TLS, ending stdin must be a TLS close_notify, not a TCP half-close
+    (which dropped the TLS layer: the output after it was lost and a MariaDB backup hung on its first query)."""
+    from dockvault.engine.execstream import ExecProcess
+
+    client = client_from_env(timeout=60)
+    container = client.containers.run(test_image, ["sleep", "300"], entrypoint=[], detach=True, network_mode="none")
+    try:
+        proc = ExecProcess(client, container.id, ["sh", "-c", "wc -c; echo done >&2"], stdin=True)
+        done: dict = {}
+
+        def feed() -> None:
+            try:
+                done["out"] = proc.feed([b"x" * 1000])
+                done["result"] = proc.result(timeout=30)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                done["error"] = exc
+
+        worker = threading.Thread(target=feed, daemon=True)
+        worker.start()
+        worker.join(15)
+        if worker.is_alive():
+            exited = client.api.exec_inspect(proc.exec_id)
+            proc.close()  # unblocks the reader
+            worker.join(10)
+            raise Hung(f"no end of the exec's output within 15s over TLS (the command itself has "
+                       f"{'exited' if not exited['Running'] else 'not exited'})")
+        proc.close()
+        if "error" in done:
+            raise done["error"]
+        assert done["out"] == b"1000\n"
+        assert done["result"].exit_code == 0 and done["result"].stderr == "done"
+    finally:
+        container.remove(force=True)
+        client.close()

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import docker
@@ -39,6 +40,7 @@ import docker.utils
 from docker.api.client import APIClient
 from docker.constants import IS_WINDOWS_PLATFORM
 from docker.tls import TLSConfig
+from requests.exceptions import SSLError as RequestsSSLError  # requests: loaded by docker anyway
 
 DEFAULT_UNIX_HOST = "unix:///var/run/docker.sock"
 DEFAULT_TLS_HOST = "tcp://localhost:2376"
@@ -106,7 +108,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> DockerSetting
     host = _normalise_host(env.get("DOCKER_HOST") or "", tls)
     try:
         docker.utils.parse_host(host, IS_WINDOWS_PLATFORM, tls=tls)
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, ValueError) as exc:  # ValueError: urllib.parse on a bad port
         raise DockerEnvError(f"DOCKER_HOST={env.get('DOCKER_HOST')!r} is not usable: {exc}") from exc
     if not tls or _scheme(host) in _SOCKET_SCHEMES:
         return DockerSettings(host=host)
@@ -190,8 +192,6 @@ def client_from_env(*, timeout: int = 300) -> docker.DockerClient:
                              "(pip install 'docker[ssh]'), as docker.from_env does")
     try:
         api = api_class(**kwargs)
-    except DockerEnvError:
-        raise
     except docker.errors.DockerException as exc:
         if settings.tls is not None and _is_tls_failure(exc):
             raise DockerEnvError(_tls_message(settings, exc)) from exc
@@ -202,26 +202,26 @@ def client_from_env(*, timeout: int = 300) -> docker.DockerClient:
     return client
 
 
-def _chain(exc: BaseException):
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: causes, contexts, and urllib3's MaxRetryError.reason / exceptions in args
+    (requests' SSLError holds the MaxRetryError that holds the ssl.SSLError only there)."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        inner = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(e for e in inner if isinstance(e, BaseException))
 
 
 def _is_tls_failure(exc: BaseException) -> bool:
-    import ssl
-
-    import requests.exceptions
-
-    return any(isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)) for e in _chain(exc))
+    return any(isinstance(e, (ssl.SSLError, RequestsSSLError)) for e in _chain(exc))
 
 
 def _tls_message(settings: DockerSettings, exc: BaseException) -> str:
-    import ssl
-
     files = settings.tls
     assert files is not None
     detail = str(exc)

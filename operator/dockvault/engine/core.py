@@ -19,6 +19,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from . import execstream, fifo
+from .connect import DockerEnvError, client_from_env
 from .execstream import ExecProcess
 
 log = logging.getLogger(__name__)
@@ -201,11 +202,13 @@ class Engine:
     def from_env(cls, *, helper_image: str = DEFAULT_HELPER_IMAGE, transport: str | None = None) -> Engine:
         """The engine DOCKER_HOST names, as the docker CLI reaches it; `transport` (default: $DOCKVAULT_TRANSPORT,
         else auto) carries the helpers' streams."""
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         try:
-            client = docker.from_env(version="auto", timeout=300)
+            client = client_from_env(timeout=300)
             client.ping()
+        except DockerEnvError as exc:  # a setting or certificate to fix: trying again will not help
+            raise EngineError(f"cannot use the Docker engine at {host}: {exc}") from None
         except docker.errors.DockerException as exc:
-            host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
             raise EngineError(f"cannot reach the Docker engine at {host}: {exc}", temporary=True) from exc
         return cls(client, helper_image=helper_image, transport=transport)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -88,8 +89,22 @@ class ExecProcess:
         self._sock.sendall(data)
 
     def close_stdin(self) -> None:
+        """End the command's stdin, keep reading its output. Over TLS a TCP half-close would drop the TLS
+        layer (SSLSocket.shutdown discards it) and the output after it would arrive as raw records: send a
+        close_notify instead, which ends stdin for the engine while TLS reads go on (a TLS half-close)."""
+        sock = self._sock
         try:
-            self._sock.shutdown(socket.SHUT_WR)
+            if isinstance(sock, ssl.SSLSocket):
+                timeout = sock.gettimeout()
+                sock.setblocking(False)
+                try:
+                    sock.unwrap()  # sends close_notify; the peer's comes with the end of the output
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                finally:
+                    sock.settimeout(timeout)
+            else:
+                sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
