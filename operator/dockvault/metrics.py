@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .api.backup import Backup
+from .api.notify import CHANNELS
 from .api.policy import BackupPolicy, CopyStatus
 from .controller.status import Attempt, Measurement, parse_time
 
@@ -100,6 +101,10 @@ class DockvaultMetrics:
                                copy_labels, registry=registry)
         self._copy_failures = Counter(PREFIX + "copy_failures_total", "Syncs of a copy (3-2-1) that failed.",
                                       copy_labels, registry=registry)
+        self._notifications_failed = Counter(
+            PREFIX + "notifications_failed_total",
+            "Notifications (a mail, or a POST to one webhook) that did not arrive after their retries, or were dropped.",
+            (*POLICY_LABELS, "channel"), registry=registry)
         registry.register(FactsCollector(facts, clock))
 
     def policy_seen(self, policy: str, host: str, targets: Sequence[str]) -> None:
@@ -109,6 +114,8 @@ class DockvaultMetrics:
         """
         for metric in self._per_policy():
             metric.labels(policy, host)
+        for channel in CHANNELS:
+            self._notifications_failed.labels(policy, host, channel)
 
     def backup_finished(self, policy: str, host: str, *, succeeded: bool, duration_seconds: float,
                         retry: bool = False) -> None:
@@ -131,6 +138,10 @@ class DockvaultMetrics:
         failures = self._copy_failures.labels(policy, host, copy)
         if not succeeded:
             failures.inc()
+
+    def notification_failed(self, policy: str, host: str, channel: str) -> None:
+        """One receiver of `channel` (webhook or email) did not get a notification of the policy."""
+        self._notifications_failed.labels(policy, host, channel).inc()
 
     def restore_finished(self, policy: str, host: str, *, succeeded: bool, duration_seconds: float) -> None:
         self.policy_seen(policy, host, ())

@@ -326,6 +326,9 @@ class HandwrittenSource(MetricsSource):
         counter("dockvault_retention_refused", lambda c: 0)
         counter("dockvault_restores", lambda c: c.restores)
         counter("dockvault_restore_failures", lambda c: c.restore_failures)
+        family("dockvault_notifications_failed", "counter",
+               [("dockvault_notifications_failed_total" + labels(p, channel=channel), 0.0)
+                for p in self.policies for channel in ("webhook", "email")])
         histogram("dockvault_backup_duration_seconds", lambda c: c.backup_durations)
         histogram("dockvault_restore_duration_seconds", lambda c: c.restore_durations)
         return "text/plain; version=0.0.4; charset=utf-8", ("\n".join(lines) + "\n").encode()

@@ -82,6 +82,7 @@ EVERY_FAMILY = (
     "dockvault_copy_last_success_timestamp_seconds",
     "dockvault_copy_syncs_total",
     "dockvault_copy_failures_total",
+    "dockvault_notifications_failed_total",
 )
 
 # No proxy from the environment: these requests must go straight to the loopback address.

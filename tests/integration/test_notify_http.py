@@ -192,7 +192,7 @@ def test_no_token_in_any_log_line_or_result(receiver, notifier, caplog):
     assert len(lines) == 4  # two retries announced, the failure, the delivery
     assert not [line for line in lines if token in line]
     assert token not in repr([failed, delivered])
-    assert failed.url_masked == receiver.url(f"/hooks/{MASK}?token={MASK}").replace("://", f"://alice:{MASK}@")
+    assert failed.receiver == receiver.url(f"/hooks/{MASK}?token={MASK}").replace("://", f"://alice:{MASK}@")
 
 
 def test_send_async_delivers_from_the_notification_thread(receiver, notifier):

@@ -1,8 +1,10 @@
-"""Webhook notifications: the schema and its messages, which outcomes are sent, the payload, URL masking, and the
-retry schedule, all with a fake opener and a fake sleep (the real HTTP exchange is in tests/integration)."""
+"""Notifications: the schema and its messages, which outcomes are sent, the payload, the mail's subject and body,
+URL masking, the retry schedule and the failure count, with a fake opener and a fake sleep (the real HTTP and SMTP
+exchanges are in tests/integration/test_notify_http.py and test_notify_mail.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.message
 import io
 import json
@@ -14,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from dockvault import __version__
@@ -21,8 +24,9 @@ from dockvault.api.common import ObjectMeta, Schema
 from dockvault.api.crd import openapi_schema
 from dockvault.api.loader import format_loc
 from dockvault.api.notify import NotifySpec
-from dockvault.credentials import MASK, mask
-from dockvault.notify import DeliveryResult, Event, Notifier, mask_url, wanted
+from dockvault.credentials import MASK, mask, register
+from dockvault.metrics import DockvaultMetrics
+from dockvault.notify import DeliveryResult, Event, Notifier, compose_mail, mail_body, mail_subject, mask_url, wanted
 
 NOW = datetime(2026, 11, 21, 3, 0, 5, tzinfo=UTC)
 HOOK = "https://hooks.example.com/dockvault"
@@ -66,8 +70,9 @@ def test_defaults_and_camel_case_fields():
 
 
 @pytest.mark.parametrize(("doc", "expected"), [
-    ({"webhooks": []}, "webhooks: webhooks needs at least one webhook"),
-    ({}, "webhooks: Field required"),
+    ({"webhooks": []}, "notify needs at least one channel: email or webhooks"),
+    ({}, "notify needs at least one channel: email or webhooks"),
+    ({"onSuccess": True}, "notify needs at least one channel: email or webhooks"),
     (one_webhook(url="ftp://files.example.com/x"), "webhooks[0].url: url must start with http:// or https:// (it has scheme 'ftp')"),
     (one_webhook(url="hooks.example.com/x"), "webhooks[0].url: url must start with http:// or https:// (it has no scheme)"),
     (one_webhook(url="https:///hook"), "webhooks[0].url: url has no host; write it as https://HOST/PATH"),
@@ -105,18 +110,121 @@ def test_messages_never_repeat_a_url_or_header_value():
     assert not [line for line in errors(doc) if secret in line]
 
 
+# The issue's example, exactly.
+EMAIL = {
+    "to": ["ops@example.com", "tech@example.com"],
+    "from": "dockvault@example.com",
+    "smtp": {"host": "smtp.example.com", "port": 587, "security": "starttls",
+             "usernameFrom": {"env": "SMTP_USER"}, "passwordFrom": {"file": "/run/secrets/smtp"}},
+}
+
+
+def with_email(**changes: Any) -> dict[str, Any]:
+    """The example, with top-level email fields or (smtp_FIELD=...) smtp fields changed; None removes a field."""
+    email = {**EMAIL, "smtp": dict(EMAIL["smtp"])}
+    for name, value in changes.items():
+        where, name = (email["smtp"], name.removeprefix("smtp_")) if name.startswith("smtp_") else (email, name)
+        if value is None:
+            where.pop(name, None)
+        else:
+            where[name] = value
+    return {"email": email}
+
+
+def test_the_email_example_as_written():
+    notify = NotifySpec.model_validate({"onSuccess": True, "onFailure": True, **with_email()})
+    mail = notify.email
+    assert (mail.to, mail.from_, mail.timeout_seconds, mail.retries) == (EMAIL["to"], "dockvault@example.com", 30, 3)
+    smtp = mail.smtp
+    assert (smtp.host, smtp.effective_port, smtp.security, smtp.ca_file) == ("smtp.example.com", 587, "starttls", None)
+    assert (smtp.username_from.env, smtp.password_from.file) == ("SMTP_USER", "/run/secrets/smtp")
+    assert notify.webhooks == []
+    assert notify.to_dict() == {"onSuccess": True, "onFailure": True, "webhooks": [],
+                                "email": {**EMAIL, "timeoutSeconds": 30.0, "retries": 3}}
+    assert notify.receivers == {"webhook": 0, "email": 1}
+    assert NotifySpec.model_validate(notify.to_dict()) == notify, "what describe shows can be applied again"
+
+
+@pytest.mark.parametrize(("security", "port"), [("none", 25), ("starttls", 587), ("tls", 465)])
+def test_the_port_follows_security(security, port):
+    notify = NotifySpec.model_validate(with_email(smtp_port=None, smtp_security=security, smtp_usernameFrom=None,
+                                                  smtp_passwordFrom=None))
+    assert notify.email.smtp.effective_port == port
+
+
+def test_mail_and_webhooks_together_and_a_private_ca():
+    notify = NotifySpec.model_validate({**with_email(smtp_caFile="/etc/dockvault/smtp-ca.pem",
+                                                     smtp_passwordFrom={"secretKeyRef": {"name": "smtp", "key": "pw"}}),
+                                        "webhooks": [{"url": HOOK}]})
+    assert notify.email.smtp.ca_file == "/etc/dockvault/smtp-ca.pem"
+    assert notify.email.smtp.password_from.secret_key_ref.name == "smtp"
+    assert notify.receivers == {"webhook": 1, "email": 1}
+
+
+@pytest.mark.parametrize(("doc", "expected"), [
+    (with_email(to=[]), "email.to: to needs at least one address"),
+    (with_email(to=None), "email.to: Field required"),
+    (with_email(to="ops@example.com"), "email.to: Input should be a valid list"),
+    (with_email(to=["ops@example.com", "ops at example.com"]),
+     "email.to[1]: 'ops at example.com' is not an email address; write it as NAME@DOMAIN, without a display name"),
+    (with_email(to=["Ops <ops@example.com>"]),
+     "email.to[0]: 'Ops <ops@example.com>' is not an email address; write it as NAME@DOMAIN, without a display name"),
+    (with_email(**{"from": None}), "email.from: Field required"),
+    (with_email(**{"from": "dockvault"}),
+     "email.from: 'dockvault' is not an email address; write it as NAME@DOMAIN, without a display name"),
+    (with_email(smtp=None), "email.smtp: Field required"),
+    (with_email(smtp_host="smtp://smtp.example.com:587"),
+     "email.smtp.host: host 'smtp://smtp.example.com:587' must be a host name or IP address (e.g. smtp.example.com), "
+     "not a URL; port and security are separate fields"),
+    (with_email(smtp_host=None), "email.smtp.host: Field required"),
+    (with_email(smtp_port=0), "email.smtp.port: port must be between 1 and 65535"),
+    (with_email(smtp_port=65536), "email.smtp.port: port must be between 1 and 65535"),
+    (with_email(smtp_security="ssl"), "email.smtp.security: Input should be 'none', 'starttls' or 'tls'"),
+    (with_email(smtp_usernameFrom=None),
+     "email.smtp: usernameFrom and passwordFrom go together: set both to log in, or neither"),
+    (with_email(smtp_passwordFrom=None),
+     "email.smtp: usernameFrom and passwordFrom go together: set both to log in, or neither"),
+    (with_email(smtp_security="none"),
+     "email.smtp: usernameFrom and passwordFrom need security starttls or tls: with none the password would cross the "
+     "network unencrypted"),
+    (with_email(smtp_security="none", smtp_usernameFrom=None, smtp_passwordFrom=None, smtp_caFile="/ca.pem"),
+     "email.smtp: caFile needs security starttls or tls: with none there is no certificate to check"),
+    (with_email(smtp_passwordFrom={}),
+     "email.smtp.passwordFrom: passwordFrom needs exactly one of env, file or secretKeyRef"),
+    (with_email(smtp_usernameFrom={"env": "SMTP_USER", "file": "/run/secrets/user"}),
+     "email.smtp.usernameFrom: a secret source needs exactly one of env, file or secretKeyRef, not env and file"),
+    (with_email(smtp_password="hunter2"), "email.smtp.password: Extra inputs are not permitted"),
+    (with_email(timeoutSeconds=0), "email.timeoutSeconds: timeoutSeconds must be greater than 0 and at most 120"),
+    (with_email(retries=11), "email.retries: retries must be between 0 and 10"),
+    (with_email(cc=["boss@example.com"]), "email.cc: Extra inputs are not permitted"),
+    ({**with_email(), "onSuccess": False, "onFailure": False},
+     "onSuccess and onFailure are both false, so nothing would ever be sent; set one to true or remove notify"),
+])
+def test_email_refused_with_a_message_naming_the_field(doc, expected):
+    assert errors(doc) == [expected]
+
+
 def test_notify_fits_a_structural_crd():
     """The integrator adds `notify: NotifySpec | None` to BackupPolicySpec; the CRD generator must accept it."""
     spec_model = type("ProbeSpec", (Schema,), {"__annotations__": {"notify": NotifySpec | None}, "notify": None})
     probe = type("Probe", (Schema,), {"__annotations__": {"metadata": ObjectMeta, "spec": spec_model}})
     webhook = openapi_schema(probe)["properties"]["spec"]["properties"]["notify"]["properties"]["webhooks"]
-    assert webhook["minItems"] == 1
+    assert "minItems" not in webhook, "webhooks: [] next to email is fine; the model wants at least one channel"
     fields = webhook["items"]["properties"]
     assert fields["timeoutSeconds"] == {"type": "number", "description": "per attempt; greater than 0, at most 120",
                                         "minimum": 0, "maximum": 120, "default": 10.0}
     assert (fields["retries"]["minimum"], fields["retries"]["maximum"]) == (0, 10)
     assert fields["headers"]["additionalProperties"] == {"type": "string"}
     assert set(fields["urlFrom"]["properties"]) == {"env", "file"}
+    email = openapi_schema(probe)["properties"]["spec"]["properties"]["notify"]["properties"]["email"]
+    assert email["required"] == ["to", "from", "smtp"]
+    assert email["properties"]["to"]["minItems"] == 1
+    assert email["properties"]["to"]["items"]["pattern"].startswith("^")
+    smtp = email["properties"]["smtp"]
+    assert smtp["required"] == ["host"]
+    assert smtp["properties"]["security"]["enum"] == ["none", "starttls", "tls"]
+    assert (smtp["properties"]["port"]["minimum"], smtp["properties"]["port"]["maximum"]) == (1, 65535)
+    assert set(smtp["properties"]["passwordFrom"]["properties"]) == {"env", "file", "secretKeyRef"}
 
 
 # --- which outcomes are sent ---------------------------------------------------------------------------------------
@@ -165,6 +273,109 @@ def test_payload_timestamp_is_utc_and_message_masked():
     payload = event.to_payload(now=datetime.fromisoformat("2026-11-21T12:00:00+09:00"))
     assert payload["timestamp"] == "2026-11-21T03:00:00Z"
     assert payload["message"] == f"psql: password {MASK} refused"
+
+
+# --- the mail -----------------------------------------------------------------------------------------------------
+
+
+FULL = Event(policy="myapp", target="media", kind="backup", phase="Failed", backup_id="20261121T030000Z",
+             bytes=None, duration_seconds=4.5, message="target media: volume mydata not found\nsecond line",
+             host="host-a", compression="zstd level 3", rpo_age_seconds=93600, rpo_target_seconds=86400,
+             rto_seconds=754, rto_target_seconds=3600)
+
+
+def test_subject_names_the_job_the_policy_the_host_and_the_outcome():
+    assert mail_subject(FULL) == "[dockvault] backup of myapp on host-a: Failed"
+    assert mail_subject(SUCCEEDED) == "[dockvault] backup of myapp on local: Succeeded"
+
+
+def test_failure_body_in_standalone_mode():
+    assert mail_body(FULL, NOW) == f"""\
+The backup of policy myapp on host host-a failed.
+
+Policy:       myapp
+Host:         host-a
+Job:          backup
+Outcome:      Failed
+Target:       media
+Backup:       20261121T030000Z
+Compression:  zstd level 3
+Duration:     4.5s
+RPO:          BREACHED: newest good backup 1d2h old (objective 1d)
+RTO:          met: last restore took 12m34s (objective 1h)
+Time:         2026-11-21T03:00:05Z
+dockvault:    {__version__}
+
+Error:
+  target media: volume mydata not found
+  second line
+
+What to do:
+  Nothing of this backup was published; the older backups are intact. A
+  scheduled backup retries a temporary failure before its next slot.
+  Look at:
+    dockvault describe policy myapp
+    dockvault's log around the time above
+"""
+
+
+def test_success_body_gives_sizes_and_no_advice():
+    event = dataclasses.replace(SUCCEEDED, raw_bytes=5242880, rpo_age_seconds=5.2, rpo_target_seconds=86400)
+    body = mail_body(event, NOW)
+    assert body.startswith("The backup of policy myapp on host local succeeded.\n")
+    assert "Stored:       1,048,576 bytes\nUncompressed: 5,242,880 bytes\n" in body
+    assert "RPO:          met: newest good backup 5.2s old (objective 1d)\n" in body
+    assert "RTO:" not in body and "Error:" not in body and "What to do" not in body
+
+
+@pytest.mark.parametrize(("event", "lines"), [
+    (dataclasses.replace(FULL, kind="restore", namespace="shop"), [
+        "Namespace:    shop",
+        "The restore did not complete; the restore request's status says what failed.",
+        "kubectl describe backuppolicy myapp -n shop", "kubectl get restorerequests -n shop",
+        "the dockvault operator's log (kubectl logs of its pod) around the time above"]),
+    (dataclasses.replace(FULL, kind="drill"), [
+        "The restore drill failed: the backups of this policy may not restore when needed."]),
+    (dataclasses.replace(FULL, kind="copy"), [
+        "The backup itself is safe in the primary repository; the copy catches up on its next sync."]),
+    (dataclasses.replace(FULL, rpo_age_seconds=None, rto_seconds=None), [
+        "RPO:          NOT MET: no successful backup yet (objective 1d)",
+        "RTO:          unknown: no restore or drill measured yet (objective 1h)"]),
+    (dataclasses.replace(FULL, rpo_target_seconds=None, rto_target_seconds=None), [
+        "RPO:          newest good backup 1d2h old (no objective set)",
+        "RTO:          last restore took 12m34s (no objective set)"]),
+])
+def test_body_by_kind_mode_and_objectives(event, lines):
+    flat = " ".join(mail_body(event, NOW).split())  # wrapped lines joined again
+    assert [line for line in lines if " ".join(line.split()) not in flat] == []
+
+
+def test_long_lines_are_wrapped_at_words_so_an_ascii_mail_stays_7bit():
+    path = "/var/lib/docker/volumes/" + "x" * 90
+    event = dataclasses.replace(FULL, message=f"target media: {'word ' * 30}then {path} is missing\n\nafter a blank")
+    lines = mail_body(event, NOW).splitlines()
+    assert [line for line in lines if len(line) > 78] == [f"  {path}"], "a word longer than a line stays whole"
+    start = lines.index("Error:") + 1
+    assert lines[start:start + 7] == [
+        "  target media:" + " word" * 12, " " + " word" * 15, "  word word word then", f"  {path}", "  is missing", "",
+        "  after a blank"]
+    notify = NotifySpec.model_validate(with_email())
+    assert compose_mail(notify.email, FULL, NOW)["Content-Transfer-Encoding"] == "7bit"
+
+
+def test_mail_headers_and_masked_message():
+    register("pg-password-456")
+    event = dataclasses.replace(FULL, message="psql: password pg-password-456 refused")
+    notify = NotifySpec.model_validate(with_email())
+    message = compose_mail(notify.email, event, NOW)
+    assert message["Subject"] == "[dockvault] backup of myapp on host-a: Failed"
+    assert (message["From"], message["To"]) == ("dockvault@example.com", "ops@example.com, tech@example.com")
+    assert message["Date"] == "Sat, 21 Nov 2026 03:00:05 +0000"
+    assert message["Message-ID"].endswith("@example.com>")
+    assert message["Auto-Submitted"] == "auto-generated"
+    assert message.get_content_type() == "text/plain"
+    assert f"  psql: password {MASK} refused\n" in message.get_content()
+    assert "pg-password-456" not in message.as_string()
 
 
 # --- masking ----------------------------------------------------------------------------------------------------------
@@ -343,7 +554,7 @@ def test_every_webhook_gets_its_own_result():
     ]})
     opener = FakeOpener([500, 200])
     results = Notifier(opener=opener, sleep=no_sleep).send(notify, FAILED)
-    assert [(r.url_masked, r.ok, r.attempts, r.status) for r in results] == [
+    assert [(r.receiver, r.ok, r.attempts, r.status) for r in results] == [
         ("https://a.example.com/x", True, 2, 200),
         ("(urlFrom.env DV_UNSET_HOOK_FOR_TEST)", False, 0, None),
         ("https://b.example.com/y", True, 1, 200),
@@ -356,7 +567,7 @@ def test_url_from_file(tmp_path):
     path.write_text("https://example.com/hook?token=fromfile123\n", encoding="utf-8")
     opener = FakeOpener([200])
     [result] = Notifier(opener=opener).send(spec(url=None, urlFrom={"file": str(path)}), FAILED)
-    assert (result.ok, result.url_masked) == (True, f"https://example.com/hook?token={MASK}")
+    assert (result.ok, result.receiver) == (True, f"https://example.com/hook?token={MASK}")
     assert opener.requests[0][0].full_url == "https://example.com/hook?token=fromfile123"
 
 
@@ -445,3 +656,76 @@ def test_send_async_stamps_the_time_it_was_queued():
     notifier.send_async(spec(), FAILED)
     assert notifier.flush(5)
     assert json.loads(opener.requests[0][0].data)["timestamp"] == "2026-11-21T03:00:05Z"
+
+
+# --- mail that cannot be sent, and the failure count -----------------------------------------------------------------
+
+
+def email_only(**changes: Any) -> NotifySpec:
+    return NotifySpec.model_validate({**with_email(**changes), "onSuccess": True})
+
+
+def test_a_missing_login_is_reported_naming_the_field_and_nothing_is_sent(monkeypatch):
+    monkeypatch.delenv("DV_TEST_SMTP_USER", raising=False)
+    failed: list[tuple[Event, str]] = []
+    notifier = Notifier(sleep=no_sleep, on_failed_delivery=lambda event, channel: failed.append((event, channel)))
+    [result] = notifier.send(email_only(smtp_usernameFrom={"env": "DV_TEST_SMTP_USER"}), FAILED)
+    assert result == DeliveryResult("ops@example.com, tech@example.com via smtp.example.com:587", False, 0, None,
+                                    "email.smtp.usernameFrom.env: environment variable DV_TEST_SMTP_USER is not set "
+                                    "for dockvault", "email")
+    assert failed == [(FAILED, "email")]
+
+
+def test_an_unreadable_ca_file_is_reported(tmp_path):
+    missing, not_pem = tmp_path / "missing.pem", tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n", encoding="utf-8")
+    results = [Notifier(sleep=no_sleep).send(email_only(smtp_caFile=str(path)), FAILED)[0] for path in (missing, not_pem)]
+    assert [(r.ok, r.attempts, r.error) for r in results] == [
+        (False, 0, f"email.smtp.caFile: cannot read {missing}: No such file or directory"),
+        (False, 0, f"email.smtp.caFile: {not_pem} holds no PEM certificate"),
+    ]
+
+
+def test_failed_deliveries_are_counted_per_channel():
+    registry = CollectorRegistry()
+    metrics = DockvaultMetrics(registry, list)
+    metrics.policy_seen("myapp", "local", ())
+
+    def count(channel: str) -> float | None:
+        return registry.get_sample_value("dockvault_notifications_failed_total",
+                                         {"policy": "myapp", "host": "local", "channel": channel})
+
+    assert (count("webhook"), count("email")) == (0, 0), "both exist at 0 once the policy is loaded"
+    notifier = Notifier(opener=FakeOpener([400, 200]), sleep=no_sleep, on_failed_delivery=lambda event, channel:
+                        metrics.notification_failed(event.policy, event.host, channel))
+    notify = NotifySpec.model_validate({**with_email(smtp_usernameFrom={"env": "DV_TEST_UNSET_USER"}),
+                                        "webhooks": [{"url": HOOK}, {"url": HOOK}]})
+    results = notifier.send(notify, FAILED)
+    assert [(r.channel, r.ok) for r in results] == [("webhook", False), ("webhook", True), ("email", False)]
+    assert (count("webhook"), count("email")) == (1, 1)
+
+
+def test_a_failing_counter_stops_nothing(caplog):
+    def broken(event: Event, channel: str) -> None:
+        raise RuntimeError("counter is broken")
+
+    opener = FakeOpener([500, 500])
+    notify = NotifySpec.model_validate({"webhooks": [{"url": HOOK, "retries": 0}, {"url": HOOK, "retries": 0}]})
+    with caplog.at_level(logging.WARNING, logger="dockvault"):
+        results = Notifier(opener=opener, on_failed_delivery=broken).send(notify, FAILED)
+    assert [r.attempts for r in results] == [1, 1]
+    assert "notification failure of policy myapp not counted: counter is broken" in caplog.messages
+
+
+def test_dropped_notifications_are_counted_per_receiver():
+    failed: list[str] = []
+    opener = BlockingOpener()
+    notifier = Notifier(opener=opener, sleep=no_sleep, queue_size=1,
+                        on_failed_delivery=lambda event, channel: failed.append(channel))
+    notify = NotifySpec.model_validate({**with_email(), "webhooks": [{"url": HOOK}, {"url": HOOK}]})
+    assert notifier.send_async(notify, FAILED)
+    assert opener.entered.wait(5)
+    assert notifier.send_async(notify, FAILED)
+    assert not notifier.send_async(notify, FAILED)
+    assert sorted(failed) == ["email", "webhook", "webhook"]
+    opener.release.set()

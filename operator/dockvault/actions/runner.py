@@ -98,7 +98,7 @@ class JobRunner:
         self._engine: Engine | None = None
         self.locks = locks or JobLocks()
         self.metrics = metrics
-        self.notifier = notifier or Notifier()
+        self.notifier = notifier or Notifier(on_failed_delivery=self._notification_failed)
         self.job_context = job_context or (lambda _policy: contextlib.nullcontext())
         self.on_result = on_result
         self.clock = clock
@@ -261,8 +261,9 @@ class JobRunner:
             if outcome.deleted or outcome.refused:
                 self.metrics.retention_deleted(policy.name, policy.spec.host, len(outcome.deleted),
                                                refused=len(outcome.refused))
-        self._notify(policy, "backup", st.phase, outcome.record.id, st.bytes if outcome.succeeded else None,
-                     st.duration_seconds, st.message)
+        self._notify(job.policy, policy, "backup", st.phase, outcome.record.id,
+                     st.bytes if outcome.succeeded else None, st.duration_seconds, st.message,
+                     raw_bytes=sum(a.raw_bytes for a in st.artifacts) if outcome.succeeded else None)
         copies = self._copies(job.policy, policy) if outcome.succeeded else []
         pruned = f"; retention deleted {', '.join(outcome.deleted)}" if outcome.deleted else ""
         copied = "".join(f"; copy {c.status.name}: {c.status.message}" for c in copies)
@@ -283,7 +284,8 @@ class JobRunner:
                 self.metrics.copy_finished(policy.name, policy.spec.host, outcome.status.name,
                                            succeeded=outcome.succeeded)
             if not outcome.succeeded:
-                self._notify(policy, "copy", "Failed", outcome.status.newest_backup, None, None, outcome.status.message)
+                self._notify(key, policy, "copy", "Failed", outcome.status.newest_backup, None, None,
+                             outcome.status.message)
         return outcomes
 
     def _restore(self, job: Job, policy: BackupPolicy, request: RestoreRequest) -> JobResult:
@@ -297,7 +299,7 @@ class JobRunner:
         if self.metrics is not None:
             self.metrics.restore_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
                                           duration_seconds=st.duration_seconds or 0.0)
-        self._notify(policy, "restore", st.phase, st.backup, None, st.duration_seconds, st.message)
+        self._notify(job.policy, policy, "restore", st.phase, st.backup, None, st.duration_seconds, st.message)
         return JobResult(job, policy, outcome.succeeded, st.message or "", st.backup,
                          None if outcome.succeeded else jobs.PERMANENT, restore=outcome, request=request)
 
@@ -308,7 +310,7 @@ class JobRunner:
         if self.metrics is not None:
             self.metrics.restore_finished(policy.name, policy.spec.host, succeeded=outcome.succeeded,
                                           duration_seconds=outcome.seconds)
-        self._notify(policy, "drill", drill.phase, drill.backup, None, drill.duration_seconds, drill.message)
+        self._notify(job.policy, policy, "drill", drill.phase, drill.backup, None, drill.duration_seconds, drill.message)
         return JobResult(job, policy, outcome.succeeded, drill.message or "", drill.backup,
                          None if outcome.succeeded else jobs.PERMANENT, drill=outcome)
 
@@ -343,14 +345,37 @@ class JobRunner:
                                                                duration_seconds=0.0, message=message))
         except Exception:  # noqa: BLE001 - the state itself is failing; the log above still says what happened
             log.exception("%s: cannot record the failure", job.label)
-        self._notify(policy, job.kind, "Failed", backup_id, None, None, message)
+        with contextlib.suppress(Exception), self.job_context(job.policy):  # Secrets of a mail login, in kube mode
+            self._notify(job.policy, policy, job.kind, "Failed", backup_id, None, None, message)
         return JobResult(job, policy, False, message, backup_id, error)
 
-    def _notify(self, policy: BackupPolicy, kind: str, phase: str, backup_id: str | None, size: int | None,
-                seconds: float | None, message: str | None) -> None:
+    def _notify(self, key: str, policy: BackupPolicy, kind: str, phase: str, backup_id: str | None,
+                size: int | None, seconds: float | None, message: str | None, *, raw_bytes: int | None = None) -> None:
+        """Hand the outcome to the notifier (best effort, in the background): webhooks and mail."""
+        if policy.spec.notify is None:
+            return
+        facts = self._facts.get(key)
+        if kind == "backup" and phase == "Succeeded":
+            rpo_age: float | None = 0.0
+        elif facts is not None and facts.last_success_timestamp is not None:
+            rpo_age = max(0.0, self.clock().timestamp() - facts.last_success_timestamp)
+        else:
+            rpo_age = None
+        objectives, compression = policy.spec.objectives, policy.spec.compression
+        measured = self.state.last_measurement(key)
         self.notifier.send_async(policy.spec.notify, Event(
             policy=policy.name, target=None, kind=kind, phase=phase, backup_id=backup_id, bytes=size,  # type: ignore[arg-type]
-            duration_seconds=seconds, message=message, host=policy.spec.host))
+            duration_seconds=seconds, message=message, host=policy.spec.host, namespace=policy.metadata.namespace,
+            raw_bytes=raw_bytes, rpo_age_seconds=rpo_age,
+            compression=f"{compression.algorithm} level {compression.effective_level}"
+            if compression.effective_level is not None else compression.algorithm,
+            rpo_target_seconds=objectives.rpo.total_seconds() if objectives.rpo else None,
+            rto_seconds=measured.seconds if measured else None,
+            rto_target_seconds=objectives.rto.total_seconds() if objectives.rto else None))
+
+    def _notification_failed(self, event: Event, channel: str) -> None:
+        if self.metrics is not None:
+            self.metrics.notification_failed(event.policy, event.host, channel)
 
     # --- recovery ------------------------------------------------------------------------------------
     def recover_policy(self, key: str, policy: BackupPolicy) -> None:

@@ -80,7 +80,7 @@ Port = _bounded(int, "port", 1, 65535, low_included=True)
 
 def _check_address(value: str) -> str:
     if not re.fullmatch(EMAIL_ADDRESS, value):
-        raise ValueError(f"{value!r} is not an email address; write one NAME@DOMAIN per item, without a display name")
+        raise ValueError(f"{value!r} is not an email address; write it as NAME@DOMAIN, without a display name")
     return value
 
 
@@ -188,14 +188,7 @@ class NotifySpec(Schema):
     on_success: bool = Field(False, description="notify when a job succeeds")
     on_failure: bool = Field(True, description="notify when a job fails")
     email: Email | None = Field(None, description="mail through an SMTP server")
-    webhooks: list[Webhook] = Field(default_factory=list, min_length=1, description="JSON POSTed to each URL")
-
-    @field_validator("webhooks", mode="before")
-    @classmethod
-    def _at_least_one(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("webhooks needs at least one webhook (leave webhooks out to send mail only)")
-        return value
+    webhooks: list[Webhook] = Field(default_factory=list, description="JSON POSTed to each URL")
 
     @model_validator(mode="after")
     def _sends_something(self) -> NotifySpec:

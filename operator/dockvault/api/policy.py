@@ -255,7 +255,7 @@ class BackupPolicySpec(Schema):
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
     copies: list[CopySpec] = Field(default_factory=list, description="3-2-1: where each backup is also copied")
     encryption: EncryptionSpec | None = None
-    notify: NotifySpec | None = Field(None, description="webhooks called on failure (and on success when asked)")
+    notify: NotifySpec | None = Field(None, description="mail and webhooks on failure (and on success when asked)")
     drill: DrillSpec | None = None
     verify: DrillSpec | None = Field(None, description="deprecated alias of drill (read as drill; give only one)")
     suspend: bool = False
