@@ -12,27 +12,23 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
+
 
 import typer
-from prometheus_client import CollectorRegistry
 from rich.console import Console
-from rich.table import Table
 
 from . import __version__
-from .api import BackupPolicy, load_paths
-from .api.common import format_duration
-from .api.policy import BackupPolicyStatus
-from .controller.retention import plan_retention
-from .controller.status import parse_time, policy_status
-from .credentials import install_log_masking
-from .engine.core import DEFAULT_HELPER_IMAGE, TRANSPORTS, Engine, EngineError
-from .frontends.httpserver import MetricsServer
-from .actions.locks import PolicyBusy
-from .frontends.standalone import Controller, load_config
-from .frontends.state import StateLocked, StateStore
-from .storage import repository_for
-from .metrics import DockvaultMetrics
+from .engine.names import DEFAULT_HELPER_IMAGE, TRANSPORTS
+
+if TYPE_CHECKING:  # the commands import what they use: `dockvault --help` must start fast
+    from prometheus_client import CollectorRegistry
+
+    from .api import BackupPolicy
+    from .api.policy import BackupPolicyStatus
+    from .frontends.httpserver import MetricsServer
+    from .frontends.standalone import Controller
+    from .frontends.state import StateStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative backups for Docker hosts.")
 get_app = typer.Typer(no_args_is_help=True, help="List policies, backups or restores.")
@@ -65,6 +61,7 @@ MetricsAddr = Annotated[str, typer.Option("--metrics-addr", envvar="DOCKVAULT_ME
 
 def _serve_metrics(address: str, registry: CollectorRegistry, ready=lambda: True) -> MetricsServer | None:
     """Start the metrics server unless disabled; a bad or busy address is a clear error."""
+    from .frontends.httpserver import MetricsServer
     if address in ("", "off"):
         return None
     server = MetricsServer(registry, address, ready=ready)
@@ -77,6 +74,7 @@ def _serve_metrics(address: str, registry: CollectorRegistry, ready=lambda: True
 
 
 def _setup_logging(verbose: bool = False) -> None:
+    from .credentials import install_log_masking
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_log_masking()
@@ -111,11 +109,15 @@ def main_options(
 
 
 def _controller(config_dir: Path, state_dir: Path, helper_image: str, max_parallel: int = 2, host: str = "local") -> Controller:
+    from .frontends.standalone import Controller
+    from .engine.core import Engine
+    from .frontends.state import StateStore
     return Controller(config_dir=config_dir, state=StateStore(state_dir),
                       engine=lambda: Engine.from_env(helper_image=helper_image), max_parallel=max_parallel, host=host)
 
 
 def _policy(config_dir: Path, name: str) -> BackupPolicy:
+    from .frontends.standalone import load_config
     config = load_config(config_dir)
     policy = config.policy(name)
     if policy is None:
@@ -128,6 +130,7 @@ def _policy(config_dir: Path, name: str) -> BackupPolicy:
 @app.command()
 def validate(paths: Annotated[list[Path], typer.Argument(help="YAML files or directories")]) -> None:
     """Check resources; print every problem with file, resource and field, and exit non-zero on any."""
+    from .api import load_paths
     result = load_paths(paths)
     for error in result.errors:
         out.print(str(error), highlight=False, markup=False)
@@ -169,6 +172,10 @@ def run(
     verbose: bool = False,
 ) -> None:
     """Reconcile the config directory: scheduled backups, retention and restore requests."""
+    from prometheus_client import CollectorRegistry
+    from .metrics import DockvaultMetrics
+    from .engine.core import EngineError
+    from .frontends.state import StateLocked
     _setup_logging(verbose)
     controller = _controller(config_dir, state_dir, helper_image, max_parallel, host)
     server = None
@@ -206,6 +213,7 @@ def kube(
     verbose: bool = False,
 ) -> None:
     """Kubernetes mode: reconcile BackupPolicy, RestoreRequest and Backup resources with kopf."""
+    from prometheus_client import CollectorRegistry
     _setup_logging(verbose)
     try:
         from .frontends.kube import run_operator
@@ -229,6 +237,8 @@ Wait = Annotated[float, typer.Option("--wait", min=0, help="seconds to wait whil
 def _foreground(controller: Controller, policy: str, what: str, wait: float) -> Iterator[None]:
     """One job run by hand, under the policy's job lock shared with `dockvault run`: SIGTERM and Ctrl-C cancel it
     cleanly, engine errors and a busy policy become messages."""
+    from .engine.core import EngineError
+    from .actions.locks import PolicyBusy
     prev = signal.signal(signal.SIGTERM, lambda *_: controller.cancel.set())
     try:
         with controller.runner.locks.acquire(policy, what, timeout=wait):
@@ -255,6 +265,7 @@ def _human(n: int | None) -> str:
 
 
 def _age(when: str | datetime | None, now: datetime) -> str:
+    from .controller.status import parse_time
     moment = parse_time(when) if isinstance(when, str) else when
     if moment is None:
         return "-"
@@ -340,6 +351,7 @@ app.command("verify", hidden=True, deprecated=True, help="Deprecated name of `do
 
 
 def _emit(rows: list[dict], columns: list[str], output: str) -> None:
+    from rich.table import Table
     if output == "json":
         out.print_json(json.dumps(rows, default=str))
         return
@@ -352,6 +364,7 @@ def _emit(rows: list[dict], columns: list[str], output: str) -> None:
 
 
 def _seconds(value: float | timedelta | None) -> str:
+    from .api.common import format_duration
     if value is None:
         return "-"
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
@@ -360,6 +373,8 @@ def _seconds(value: float | timedelta | None) -> str:
 
 def _status(policy: BackupPolicy, state: StateStore, now: datetime) -> BackupPolicyStatus:
     """The policy's status now; conditions are remembered so their lastTransitionTime holds still."""
+    from .controller.status import policy_status
+    from .storage import repository_for
     status = policy_status(policy, repository_for(policy).backups(policy.name), state.last_attempt(policy.name),
                            now=now, measured=state.last_measurement(policy.name),
                            drill=state.last_drill(policy.name), previous=state.conditions(policy.name),
@@ -369,6 +384,8 @@ def _status(policy: BackupPolicy, state: StateStore, now: datetime) -> BackupPol
 
 
 def _policy_rows(config_dir: Path, state: StateStore, now: datetime) -> list[dict]:
+    from .api import BackupPolicy
+    from .frontends.standalone import load_config
     rows = []
     config = load_config(config_dir)
     for name, item in sorted(config.policies.items()):
@@ -400,6 +417,7 @@ def _policy_rows(config_dir: Path, state: StateStore, now: datetime) -> list[dic
 @get_app.command("policies")
 def get_policies(config_dir: ConfigDir, state_dir: StateDir = Path(_default_state_dir()), output: Output = "table") -> None:
     """NAME, READY, LAST SUCCESS, NEXT RUN, BACKUPS for every policy."""
+    from .frontends.state import StateStore
     rows = _policy_rows(config_dir, StateStore(state_dir), datetime.now(UTC))
     columns = ["NAME", "READY", "REASON", "LAST SUCCESS", "NEXT RUN", "BACKUPS", "RPO AGE / TARGET", "LAST RTO / TARGET"]
     _emit(rows if output != "table" else [{k: v for k, v in r.items() if k != "status"} for r in rows], columns, output)
@@ -412,6 +430,8 @@ def get_backups(
     output: Output = "table",
 ) -> None:
     """Every complete backup in the policies' repositories, read from the manifests."""
+    from .frontends.standalone import load_config
+    from .storage import repository_for
     now = datetime.now(UTC)
     rows = []
     for name, item in sorted(load_config(config_dir).policies.items()):
@@ -429,6 +449,8 @@ def get_backups(
 @get_app.command("restores")
 def get_restores(config_dir: ConfigDir, state_dir: StateDir = Path(_default_state_dir()), output: Output = "table") -> None:
     """Every RestoreRequest in the config directory with its recorded outcome."""
+    from .frontends.state import StateStore
+    from .frontends.standalone import load_config
     state = StateStore(state_dir)
     now = datetime.now(UTC)
     rows = []
@@ -449,6 +471,7 @@ def get_restores(config_dir: ConfigDir, state_dir: StateDir = Path(_default_stat
 @describe_app.command("policy")
 def describe_policy(name: str, config_dir: ConfigDir, state_dir: StateDir = Path(_default_state_dir())) -> None:
     """The policy's spec, computed status and recent runs."""
+    from .frontends.state import StateStore
     import yaml
 
     policy = _policy(config_dir, name)
@@ -467,6 +490,8 @@ def retention_plan(
     policy_name: Annotated[str, typer.Argument(metavar="POLICY")], config_dir: ConfigDir, output: Output = "table"
 ) -> None:
     """What retention would keep and delete now, with the reasons; deletes nothing."""
+    from .controller.retention import plan_retention
+    from .storage import repository_for
     policy = _policy(config_dir, policy_name)
     backups = repository_for(policy).backups(policy.name)
     plan = plan_retention(backups, policy.spec.retention, now=datetime.now(UTC), tz=policy.spec.timezone)

@@ -20,6 +20,7 @@ from docker.models.containers import Container
 
 from . import execstream, fifo
 from .connect import DockerEnvError, client_from_env
+from .names import DEFAULT_HELPER_IMAGE, TRANSPORTS  # noqa: F401 - re-exported
 from .execstream import ExecProcess
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,6 @@ LABEL_DRILL = "dockvault.io/drill"  # scratch resources of restore drills: remov
 PIPE_MOUNT = "/dockvault"
 STREAM, CONTROL = "{stream}", "{control}"  # placeholders in a helper's command, replaced per transport
 API_CONTROL = "/tmp/dockvault-control"  # the control FIFO inside an api-transport helper
-TRANSPORTS = ("auto", "api", "fifo")
-DEFAULT_HELPER_IMAGE = "dockvault:latest"
 
 
 class EngineError(RuntimeError):
