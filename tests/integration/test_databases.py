@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from pathlib import Path
 
@@ -130,6 +131,10 @@ def test_hostile_database_name_round_trips_and_injects_nothing(pg_server, repo_d
     pg_server.psql(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
     try:
         pg_server.psql("CREATE TABLE x (v text); INSERT INTO x VALUES ('kept')", name)
+        odd = 'it\'s a "table"; -- x'
+        quoted = '"' + odd.replace('"', '""') + '"'
+        pg_server.psql(f"CREATE TABLE {quoted} (id serial PRIMARY KEY, v text); CREATE INDEX odd_v ON {quoted} (v); "
+                       f"INSERT INTO {quoted} (v) VALUES ('a'), ('b')", name)
         pol = pg_policy("p", repo_dir, pg_server, [name])
         outcome = run_backup(pol, engine=_engine(pg_server), repository=LocalRepository(repo_dir))
         assert outcome.succeeded, outcome.record.status.message
@@ -140,6 +145,14 @@ def test_hostile_database_name_round_trips_and_injects_nothing(pg_server, repo_d
                              repository=LocalRepository(repo_dir))
         assert result.succeeded, result.status.message
         assert pg_server.psql("SELECT v FROM x", target) == "kept"
+
+        pg_server.psql(f"DROP TABLE {quoted}", name)
+        one = run_restore(db_restore("postgres", pg_server, name, tables=[odd], overwrite=True), pol,
+                          engine=_engine(pg_server), repository=LocalRepository(repo_dir))
+        assert one.succeeded, one.status.message
+        assert pg_server.psql(f"INSERT INTO {quoted} (v) VALUES ('c') RETURNING id, (SELECT count(*) FROM pg_indexes "
+                              "WHERE indexname = 'odd_v')", name) == "3|1"
+        assert pg_server.psql("SELECT v FROM x", name) == "kept"
     finally:
         for db in (name, name + " restored"):
             pg_server.psql(f'DROP DATABASE IF EXISTS "{db.replace(chr(34), chr(34) * 2)}" WITH (FORCE)')
@@ -235,6 +248,145 @@ def test_missing_and_stopped_containers_fail_with_clear_messages(docker_client, 
     assert "client tool not found" in out.record.status.message and no_tools.name in out.record.status.message
 
 
+# A shop a DBA would recognise: orders with a serial key, foreign keys to and from it, a check, indexes, a
+# trigger, comments, grants, row-level security and a view on it.
+PG_SHOP = """
+CREATE ROLE {role} NOLOGIN;
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL UNIQUE);
+CREATE TABLE orders (
+  id serial PRIMARY KEY,
+  customer_id integer NOT NULL REFERENCES customers(id) ON DELETE RESTRICT,
+  total numeric(12,2) NOT NULL CONSTRAINT orders_total_positive CHECK (total >= 0),
+  status text NOT NULL DEFAULT 'new',
+  placed timestamptz NOT NULL DEFAULT '2026-01-01 00:00:00+00',
+  updated timestamptz,
+  reference text UNIQUE
+);
+CREATE INDEX orders_customer_placed ON orders (customer_id, placed DESC);
+CREATE INDEX orders_open ON orders (placed) WHERE status = 'new';
+CREATE TABLE order_items (id serial PRIMARY KEY, order_id integer NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
+                          sku text NOT NULL, quantity integer NOT NULL CHECK (quantity > 0));
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.updated := now(); RETURN NEW; END$$;
+CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();
+COMMENT ON TABLE orders IS 'one row per order';
+COMMENT ON COLUMN orders.total IS 'gross, in EUR';
+COMMENT ON INDEX orders_open IS 'the open orders dashboard';
+GRANT SELECT, INSERT, UPDATE ON orders TO {role};
+GRANT USAGE ON SEQUENCE orders_id_seq TO {role};
+ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+CREATE POLICY orders_open_only ON orders FOR SELECT TO {role} USING (status = 'new');
+CREATE VIEW open_orders AS SELECT id, customer_id, total FROM orders WHERE status = 'new';
+INSERT INTO customers (name) SELECT 'customer ' || i FROM generate_series(1, 20) i;
+INSERT INTO orders (customer_id, total, status, reference)
+SELECT 1 + i % 20, i * 1.5, CASE WHEN i % 3 = 0 THEN 'shipped' ELSE 'new' END, 'R-' || i FROM generate_series(1, 500) i;
+INSERT INTO order_items (order_id, sku, quantity) SELECT 1 + i % 500, 'sku-' || i, 1 + i % 4 FROM generate_series(1, 1500) i;
+"""
+
+# The shape of `orders`, not just its rows: what pg_restore --table alone loses.
+PG_ORDERS_SHAPE = {
+    "columns": "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
+               "WHERE attrelid = 'orders'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    "constraints": "SELECT conrelid::regclass, conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
+                   "WHERE conrelid = 'orders'::regclass OR confrelid = 'orders'::regclass ORDER BY 1::text, 2",
+    "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'orders' ORDER BY 1",
+    "triggers": "SELECT tgname, tgenabled, pg_get_triggerdef(oid) FROM pg_trigger "
+                "WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal ORDER BY 1",
+    "defaults": "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a "
+                "ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = 'orders'::regclass ORDER BY 1",
+    "sequence": "SELECT pg_get_serial_sequence('orders', 'id'), last_value, is_called FROM orders_id_seq",
+    "comments": "SELECT obj_description('orders'::regclass, 'pg_class'), col_description('orders'::regclass, 3), "
+                "obj_description('orders_open'::regclass, 'pg_class')",
+    "acls": "SELECT relname, relacl FROM pg_class WHERE relname IN ('orders', 'orders_id_seq') ORDER BY 1",
+    "security": "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'orders'::regclass",
+    "policies": "SELECT polname, polcmd, polroles::regrole[], pg_get_expr(polqual, polrelid) FROM pg_policy "
+                "WHERE polrelid = 'orders'::regclass",
+    "rows": "SELECT count(*), md5(string_agg(o::text, ',' ORDER BY id)) FROM orders o",
+}
+PG_VIEW = "SELECT count(*), sum(total) FROM open_orders"
+
+
+def pg_shape(server, db: str) -> dict[str, str]:
+    return {name: server.psql(sql, db) for name, sql in PG_ORDERS_SHAPE.items()}
+
+
+def seed_shop(server, db: str) -> str:
+    role = f"clerk_{db[-8:]}"
+    server.psql(PG_SHOP.replace("{role}", role), db)
+    return role
+
+
+def test_postgres_one_table_restore_brings_back_the_whole_table(pg_server, pg_database, repo_dir):
+    db = pg_database("shop")
+    seed_shop(pg_server, db)
+    before, view = pg_shape(pg_server, db), pg_server.psql(PG_VIEW, db)
+    assert "orders_total_positive" in before["constraints"] and "nextval" in before["defaults"]
+    pol = pg_policy("p", repo_dir, pg_server, [db])
+    repo = LocalRepository(repo_dir)
+    assert run_backup(pol, engine=_engine(pg_server), repository=repo).succeeded
+    items = pg_server.psql("SELECT count(*), sum(order_id) FROM order_items", db)
+
+    pg_server.psql("DROP TABLE orders CASCADE", db)  # takes the view and order_items' foreign key with it
+    one = run_restore(db_restore("postgres", pg_server, db, tables=["orders"], overwrite=True), pol,
+                      engine=_engine(pg_server), repository=repo)
+    assert one.succeeded, one.status.message
+    assert pg_shape(pg_server, db) == before
+    assert "not restored" in one.status.message and "view public.open_orders" in one.status.message
+    assert pg_server.psql("SELECT to_regclass('open_orders') IS NULL", db) == "t"
+    assert pg_server.psql("INSERT INTO orders (customer_id, total) VALUES (1, 9) RETURNING id", db) == "501"
+    with pytest.raises(Exception, match="order_items_order_id_fkey"):
+        pg_server.psql("INSERT INTO order_items (order_id, sku, quantity) VALUES (99999, 'x', 1)", db)
+    with pytest.raises(Exception, match="orders_total_positive"):
+        pg_server.psql("INSERT INTO orders (customer_id, total) VALUES (1, -1)", db)
+    assert pg_server.psql("UPDATE orders SET status = 'paid' WHERE id = 1 RETURNING updated IS NOT NULL", db) == "t"
+
+    view_back = run_restore(db_restore("postgres", pg_server, db, tables=["public.open_orders"], overwrite=True), pol,
+                            engine=_engine(pg_server), repository=repo)
+    assert view_back.succeeded, view_back.status.message
+    assert "not restored" not in view_back.status.message
+
+    # Over the live table: its rows go back to the backup's, its neighbours keep theirs.
+    pg_server.psql("UPDATE orders SET total = 0", db)
+    refused = run_restore(db_restore("postgres", pg_server, db, tables=["orders"], overwrite=True), pol,
+                          engine=_engine(pg_server), repository=repo)
+    assert refused.status.phase == "Failed" and "view public.open_orders depends on table" in refused.status.message
+    assert "name those objects in tables:" in refused.status.message
+    assert pg_server.psql("SELECT count(*) FROM orders WHERE total <> 0", db) == "0"  # nothing changed
+    again = run_restore(db_restore("postgres", pg_server, db, tables=["orders", "open_orders"], overwrite=True), pol,
+                        engine=_engine(pg_server), repository=repo)
+    assert again.succeeded, again.status.message
+    assert pg_shape(pg_server, db) == before and pg_server.psql(PG_VIEW, db) == view
+    assert pg_server.psql("SELECT count(*), sum(order_id) FROM order_items", db) == items
+
+
+def test_postgres_tables_into_a_new_database(pg_server, pg_database, repo_dir):
+    db = pg_database("shop")
+    seed_shop(pg_server, db)
+    before = pg_shape(pg_server, db)
+    pol = pg_policy("p", repo_dir, pg_server, [db])
+    repo = LocalRepository(repo_dir)
+    assert run_backup(pol, engine=_engine(pg_server), repository=repo).succeeded
+
+    missing = run_restore(db_restore("postgres", pg_server, db + "_x", tables=["ordres"]), pol,
+                          engine=_engine(pg_server), repository=repo)
+    assert missing.status.phase == "Failed" and "no table, view or materialized view 'ordres'" in missing.status.message
+    assert pg_server.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{db}_x'") == "0"
+
+    copy = pg_database("copy")
+    pg_server.psql(f'DROP DATABASE "{copy}"')
+    result = run_restore(db_restore("postgres", pg_server, copy, tables=["customers", "orders"]), pol,
+                         engine=_engine(pg_server), repository=repo)
+    assert result.succeeded, result.status.message
+    shape = pg_shape(pg_server, copy)
+    # order_items is not there, so neither is its foreign key to orders: reported, not restored.
+    assert "fk constraint public.order_items order_items_order_id_fkey (needs table public.order_items)" in \
+        result.status.message
+    assert {k: v for k, v in shape.items() if k != "constraints"} == {k: v for k, v in before.items() if k != "constraints"}
+    assert shape["constraints"] == "\n".join(line for line in before["constraints"].splitlines()
+                                             if not line.startswith("order_items|"))
+    assert pg_server.psql("SELECT to_regclass('order_items') IS NULL", copy) == "t"
+    assert pg_server.psql("UPDATE orders SET status = 'paid' WHERE id = 1 RETURNING updated IS NOT NULL", copy) == "t"
+
+
 MARIA_SCHEMA = """
 SET SESSION max_recursive_iterations = 100000;
 CREATE TABLE items (id INT PRIMARY KEY, title VARCHAR(200) CHARACTER SET utf8mb4, note TEXT, payload BLOB,
@@ -293,6 +445,134 @@ def test_mariadb_backup_drop_restore_and_restore_under_a_new_name(maria_server, 
         assert refused.status.phase == "Failed" and "already exists" in refused.status.message
     finally:
         maria_server.mysql(f"DROP DATABASE IF EXISTS `{copy.replace('`', '``')}`")
+
+
+MARIA_SHOP = """
+SET SESSION max_recursive_iterations = 100000;
+CREATE TABLE customers (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL UNIQUE);
+CREATE TABLE orders (
+  id INT AUTO_INCREMENT PRIMARY KEY,
+  customer_id INT NOT NULL,
+  total DECIMAL(12,2) NOT NULL COMMENT 'gross, in EUR',
+  status VARCHAR(20) NOT NULL DEFAULT 'new',
+  placed DATETIME NOT NULL DEFAULT '2026-01-01 00:00:00',
+  updated DATETIME NULL,
+  reference VARCHAR(40) UNIQUE,
+  CONSTRAINT orders_total_positive CHECK (total >= 0),
+  CONSTRAINT orders_customer FOREIGN KEY (customer_id) REFERENCES customers (id) ON DELETE RESTRICT,
+  KEY orders_customer_placed (customer_id, placed),
+  KEY orders_status (status)
+) COMMENT 'one row per order';
+CREATE TABLE order_items (id INT AUTO_INCREMENT PRIMARY KEY, order_id INT NOT NULL, sku VARCHAR(40) NOT NULL,
+  quantity INT NOT NULL CHECK (quantity > 0),
+  CONSTRAINT order_items_order FOREIGN KEY (order_id) REFERENCES orders (id) ON DELETE CASCADE);
+CREATE TABLE order_log (id INT AUTO_INCREMENT PRIMARY KEY, order_id INT, event VARCHAR(20));
+CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW SET NEW.updated = NOW();
+CREATE TRIGGER orders_logged AFTER INSERT ON orders FOR EACH ROW
+  INSERT INTO order_log (order_id, event) VALUES (NEW.id, 'placed');
+CREATE VIEW open_orders AS SELECT id, customer_id, total FROM orders WHERE status = 'new';
+INSERT INTO customers (name)
+WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < 20) SELECT CONCAT('customer ', i) FROM seq;
+INSERT INTO orders (customer_id, total, status, reference)
+WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < 500)
+SELECT 1 + i % 20, i * 1.5, IF(i % 3 = 0, 'shipped', 'new'), CONCAT('R-', i) FROM seq;
+INSERT INTO order_items (order_id, sku, quantity)
+WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < 1500)
+SELECT 1 + i % 500, CONCAT('sku-', i), 1 + i % 4 FROM seq;
+"""
+
+MARIA_ORDERS_SHAPE = {
+    "create": "SHOW CREATE TABLE orders",  # columns, keys, foreign keys, checks, comments, AUTO_INCREMENT
+    "indexes": "SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, NON_UNIQUE, INDEX_TYPE FROM information_schema.STATISTICS "
+               "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'orders' ORDER BY 1, 2",
+    "constraints": "SELECT TABLE_NAME, CONSTRAINT_NAME, CONSTRAINT_TYPE FROM information_schema.TABLE_CONSTRAINTS "
+                   "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('orders', 'order_items') ORDER BY 1, 2",
+    "foreign keys": "SELECT CONSTRAINT_NAME, TABLE_NAME, REFERENCED_TABLE_NAME, UPDATE_RULE, DELETE_RULE "
+                    "FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE() "
+                    "AND 'orders' IN (TABLE_NAME, REFERENCED_TABLE_NAME) ORDER BY 1",
+    "checks": "SELECT CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+              "WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = 'orders' ORDER BY 1",
+    "triggers": "SELECT TRIGGER_NAME, EVENT_MANIPULATION, ACTION_TIMING, ACTION_STATEMENT, ACTION_ORDER, SQL_MODE, "
+                "DEFINER FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
+                "AND EVENT_OBJECT_TABLE = 'orders' ORDER BY 1",
+    "rows": "SELECT COUNT(*), MD5(GROUP_CONCAT(CONCAT_WS('|', id, customer_id, total, status, placed, "
+            "IFNULL(updated, '-'), reference) ORDER BY id)) FROM orders",
+}
+MARIA_VIEW = "SELECT COUNT(*), SUM(total) FROM open_orders"
+
+
+def maria_shape(server, db: str) -> dict[str, str]:
+    return {name: server.mysql(sql, db) for name, sql in MARIA_ORDERS_SHAPE.items()}
+
+
+def maria_policy(repo: Path, server, db: str) -> BackupPolicy:
+    return BackupPolicy.model_validate({
+        "apiVersion": "dockvault.io/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "p"},
+        "spec": {"targets": [{"name": "db", "mysql": {"container": server.name, "databases": [db]}}],
+                 "storage": {"local": {"path": str(repo)}}}})
+
+
+def test_mariadb_one_table_restore_brings_back_keys_constraints_and_triggers(maria_server, maria_database, repo_dir):
+    db = maria_database("shop")
+    maria_server.mysql(MARIA_SHOP, db)
+    before, view = maria_shape(maria_server, db), maria_server.mysql(MARIA_VIEW, db)
+    assert "orders_total_positive" in before["checks"] and "orders_logged" in before["triggers"]
+    pol = maria_policy(repo_dir, maria_server, db)
+    repo = LocalRepository(repo_dir)
+    assert run_backup(pol, engine=_engine(maria_server), repository=repo).succeeded
+    items = maria_server.mysql("SELECT COUNT(*), SUM(order_id) FROM order_items", db)
+
+    typo = run_restore(db_restore("mysql", maria_server, db, tables=["orders", "ordres"], overwrite=True), pol,
+                       engine=_engine(maria_server), repository=repo)
+    assert typo.status.phase == "Failed" and "has no table or view 'ordres'" in typo.status.message
+    assert maria_server.mysql("SELECT COUNT(*) FROM orders", db) == "500"  # refused before anything was dropped
+
+    maria_server.mysql("SET FOREIGN_KEY_CHECKS = 0; DROP TABLE orders", db)  # MariaDB ignores CASCADE
+    one = run_restore(db_restore("mysql", maria_server, db, tables=["orders"], overwrite=True), pol,
+                      engine=_engine(maria_server), repository=repo)
+    assert one.succeeded, one.status.message
+    assert maria_shape(maria_server, db) == before
+    assert maria_server.mysql(MARIA_VIEW, db) == view
+    assert maria_server.mysql("SELECT COUNT(*), SUM(order_id) FROM order_items", db) == items
+    assert "foreign key" not in one.status.message
+    next_id = re.search(r"AUTO_INCREMENT=(\d+)", before["create"])[1]  # InnoDB reserves ids in batches
+    assert maria_server.mysql("INSERT INTO orders (customer_id, total) VALUES (1, 9); SELECT LAST_INSERT_ID(); "
+                              "SELECT COUNT(*) FROM order_log WHERE order_id = LAST_INSERT_ID()", db) == f"{next_id}\n1"
+    with pytest.raises(Exception, match="orders_total_positive"):
+        maria_server.mysql("INSERT INTO orders (customer_id, total) VALUES (1, -1)", db)
+    with pytest.raises(Exception, match="foreign key constraint fails"):
+        maria_server.mysql("INSERT INTO orders (customer_id, total) VALUES (999, 1)", db)
+
+    # Over the live table: rows go back to the backup's; a row elsewhere that pointed at a newer order is reported.
+    maria_server.mysql("UPDATE orders SET total = 0; INSERT INTO order_items (order_id, sku, quantity) "
+                       f"VALUES ({next_id}, 'late', 1)", db)
+    again = run_restore(db_restore("mysql", maria_server, db, tables=["orders", "open_orders"], overwrite=True), pol,
+                        engine=_engine(maria_server), repository=repo)
+    assert again.succeeded, again.status.message
+    assert maria_shape(maria_server, db) == before and maria_server.mysql(MARIA_VIEW, db) == view
+    assert "foreign key order_items_order: 1 rows of table order_items reference rows not in table orders" in \
+        again.status.message
+
+
+def test_mariadb_tables_into_a_new_database(maria_server, maria_database, repo_dir):
+    db = maria_database("shop")
+    maria_server.mysql(MARIA_SHOP, db)
+    before = maria_shape(maria_server, db)
+    pol = maria_policy(repo_dir, maria_server, db)
+    repo = LocalRepository(repo_dir)
+    assert run_backup(pol, engine=_engine(maria_server), repository=repo).succeeded
+
+    copy = maria_database("copy")
+    maria_server.mysql(f"DROP DATABASE `{copy}`")
+    result = run_restore(db_restore("mysql", maria_server, copy, tables=["orders", "order_log"]), pol,
+                         engine=_engine(maria_server), repository=repo)
+    assert result.succeeded, result.status.message
+    assert maria_server.mysql("SHOW TABLES", copy).split() == ["order_log", "orders"]
+    shape = maria_shape(maria_server, copy)
+    assert {k: shape[k] for k in ("create", "indexes", "checks", "triggers", "rows")} == \
+        {k: before[k] for k in ("create", "indexes", "checks", "triggers", "rows")}
+    assert (f"foreign key orders_customer of table orders references table customers, which is not in database "
+            f"{copy}: restore it too") in result.status.message
 
 
 def _engine_for(client, image):

@@ -75,12 +75,15 @@ class DatabaseRestore(Schema):
     database: DatabaseName = Field(description="database to restore into; created when missing")
     from_database: DatabaseName | None = Field(None, description="which dumped database, when the target dumped several")
     overwrite: bool = Field(False, description="allow restoring into an existing database")
+    tables: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="restore only these tables, with their indexes, constraints, triggers, "
+                                        "comments and grants (PostgreSQL: also sequences, policies, views and "
+                                        "materialized views; name or schema.name)")
     user: str | None = Field(None, min_length=1)
     password_from: PasswordFrom | None = None
 
 
 class PostgresRestore(DatabaseRestore):
-    tables: list[str] | None = Field(None, min_length=1, description="restore only these tables")
     globals_: bool = Field(False, alias="globals", description="restore roles (pg_dumpall --globals-only) first")
 
 

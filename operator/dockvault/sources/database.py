@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -18,6 +19,8 @@ from ..credentials import SecretError, mask, resolve_password
 from ..engine.core import LABEL_DRILL, Engine
 from ..engine.execstream import ExecProcess, ExecResult, run
 from .base import SourceError, check_cancel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -179,7 +182,21 @@ def throwaway(engine: Engine, source: str, *, name: str, labels: dict[str, str])
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True, v=True)
         for volume in volumes:
+            _remove_scratch_volume(engine, volume)
+
+
+def _remove_scratch_volume(engine: Engine, volume: str, attempts: int = 20) -> None:
+    """The engine may still hold the volume for a moment after the container is gone ("volume is in use");
+    what stays is removed at the next start-up (by its drill label)."""
+    for attempt in range(attempts):
+        try:
             engine.remove_volume(volume)
+            return
+        except docker.errors.APIError as exc:
+            if attempt == attempts - 1:
+                log.warning("scratch volume %s is left for the next start-up: %s", volume, exc)
+                return
+            time.sleep(0.25)
 
 
 def wait_ready(probe, *, what: str, timeout: float = 180.0, cancel=None, scratch: Scratch | None = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from ..api.backup import Artifact
@@ -25,6 +26,7 @@ from .database import (
     throwaway,
     wait_ready,
 )
+from .mysqldump_filter import select_tables, tables_in
 
 kind = "mysql"
 PASSWORD_KEYS = ("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD")
@@ -91,6 +93,13 @@ def artifacts_for(artifacts: list[Artifact], destination: RestoreTarget) -> list
 
 
 def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext) -> None:
+    """Feed the dump, or with `tables:` only those tables' sections, to the client.
+
+    Not one transaction: MySQL commits every DROP and CREATE on its own. A table restore drops and creates
+    each table, then loads its rows in one transaction (committed when its rows end; a failure rolls them
+    back), then creates its triggers. A restore that fails midway can leave a table empty or missing:
+    running it again repairs that.
+    """
     spec = destination.mysql
     assert spec is not None
     server = Server(ctx.engine, spec)
@@ -99,13 +108,24 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
         raise RestoreRefused(f"database {spec.database!r} already exists in container {server.db.name!r}; "
                              "set overwrite: true to restore into it")
     name = identifier(spec.database)
+    ((artifact, dump),) = streams
+    if spec.tables:
+        with contextlib.closing(ctx.stream(dump)) as chunks:
+            found = tables_in(chunks, until=spec.tables)
+        if absent := [t for t in spec.tables if t not in found]:
+            raise SourceError(f"mysql.tables: the dump of database {artifact.details['database']!r} has no table or "
+                              f"view {', '.join(map(repr, absent))} (it has: {', '.join(sorted(found)) or 'none'})")
     if not exists:
         server.sql(f"CREATE DATABASE {name};".encode(), what="creating the database")
-    ((_, dump),) = streams
 
     def script() -> Iterator[bytes]:
         yield f"USE {name};\n".encode()  # the dump names no database, so it lands where we say
-        yield from ctx.stream(dump)
+        if not spec.tables:
+            yield from ctx.stream(dump)
+            return
+        yield b"SET autocommit = 0;\n"  # a table's rows commit together, when the DDL after them commits
+        yield from select_tables(ctx.stream(dump), spec.tables)
+        yield b"\nCOMMIT;\n"
 
     try:
         server.db.feed([server.client, server.user, "--binary-mode"], script(),
@@ -115,7 +135,63 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
             with contextlib.suppress(Exception):
                 server.sql(f"DROP DATABASE IF EXISTS {name};".encode(), what="dropping the half-restored database")
         raise
-    ctx.notes.append(f"{'restored into' if exists else 'created'} database {spec.database} in {server.db.name}")
+    if not spec.tables:
+        ctx.notes.append(f"{'restored into' if exists else 'created'} database {spec.database} in {server.db.name}")
+        return
+    ctx.notes.append(f"restored {', '.join(spec.tables)} into database {spec.database} in {server.db.name}")
+    ctx.notes.extend(_foreign_key_problems(server, spec.database, spec.tables))
+
+
+# Foreign keys within the database, one row per column: (constraint, table, column, referenced table and column).
+FOREIGN_KEY_COLUMNS = (b"SELECT HEX(CONSTRAINT_NAME), HEX(TABLE_NAME), HEX(COLUMN_NAME), HEX(REFERENCED_TABLE_NAME), "
+                       b"HEX(REFERENCED_COLUMN_NAME) FROM information_schema.KEY_COLUMN_USAGE "
+                       b"WHERE TABLE_SCHEMA = DATABASE() AND REFERENCED_TABLE_SCHEMA = DATABASE() "
+                       b"ORDER BY TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION;")
+LIST_TABLES = b"SELECT HEX(TABLE_NAME) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE();"
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    table: str
+    columns: tuple[str, ...]
+    parent: str
+    parent_columns: tuple[str, ...]
+
+    def orphans_query(self) -> str:
+        """Rows of `table` whose key is in no row of `parent` (a key with a NULL is not checked, as MySQL does)."""
+        present = " AND ".join(f"c.{identifier(c)} IS NOT NULL" for c in self.columns)
+        match = " AND ".join(f"p.{identifier(p)} = c.{identifier(c)}" for c, p in zip(self.columns, self.parent_columns))
+        return (f"SELECT COUNT(*) FROM {identifier(self.table)} c WHERE {present} "
+                f"AND NOT EXISTS (SELECT 1 FROM {identifier(self.parent)} p WHERE {match});")
+
+
+def foreign_keys(rows: list[str]) -> list[ForeignKey]:
+    """`FOREIGN_KEY_COLUMNS`' names, five a row, grouped into foreign keys."""
+    grouped: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for name, table, column, parent, parent_column in zip(*[iter(rows)] * 5):
+        grouped.setdefault((name, table), []).append((column, parent, parent_column))
+    return [ForeignKey(name, table, tuple(c for c, _, _ in cols), cols[0][1], tuple(p for _, _, p in cols))
+            for (name, table), cols in grouped.items()]
+
+
+def _foreign_key_problems(server: Server, database: str, restored: list[str]) -> list[str]:
+    """Rows load with FOREIGN_KEY_CHECKS=0, so the keys from and to the restored tables are checked afterwards."""
+    use = f"USE {identifier(database)};\n".encode()
+    tables = set(hex_names(server.sql(use + LIST_TABLES, what="listing tables")))
+    problems = []
+    for key in foreign_keys(hex_names(server.sql(use + FOREIGN_KEY_COLUMNS, what="listing foreign keys"))):
+        if key.table not in restored and key.parent not in restored:
+            continue
+        if key.parent not in tables:
+            problems.append(f"foreign key {key.name} of table {key.table} references table {key.parent}, which is "
+                            f"not in database {database}: restore it too")
+            continue
+        orphans = int(server.sql(use + key.orphans_query().encode(), what=f"checking foreign key {key.name}"))
+        if orphans:
+            problems.append(f"foreign key {key.name}: {orphans} rows of table {key.table} reference rows not in "
+                            f"table {key.parent}")
+    return problems
 
 
 def drill(target: BackupTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext,

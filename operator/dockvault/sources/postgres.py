@@ -3,16 +3,21 @@
 Client and server versions always match because the container's own tools do the work; the
 connection is the container's local socket, never the network. Database names travel inside a
 quoted connection string or as psql variables, never through a shell or SQL text.
+
+A `tables:` restore chooses the tables' entries from the archive's table of contents (see pgtoc) and restores
+just those with `pg_restore --use-list`; with `overwrite` it drops exactly those first, in the same transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import quote
 
 from ..api.backup import Artifact
 from ..api.policy import BackupTarget, CompressionSpec, DrillCheck
 from ..api.restore import PostgresRestore, RestoreTarget
+from ..engine.execstream import ExecResult
 from .base import BackupContext, Opener, RestoreContext, RestoreRefused, SourceError
 from .database import (
     DbContainer,
@@ -25,12 +30,24 @@ from .database import (
     throwaway,
     wait_ready,
 )
+from .pgtoc import PlanError, TablePlan, parse_listing, plan_tables
 
 kind = "postgres"
 PASSWORD_KEYS = ("POSTGRES_PASSWORD",)
 STORED = CompressionSpec(algorithm="none")  # pg_dump -Fc compresses already
 LIST_DATABASES = ("SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database "
                   "WHERE datallowconn AND NOT datistemplate ORDER BY datname")
+LIST_RELATIONS = ("SELECT encode(convert_to(n.nspname, 'UTF8'), 'hex') || ' ' || encode(convert_to(c.relname, 'UTF8'), "
+                  "'hex') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                  "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')")
+# pg_restore reads the dump on stdin and a --use-list from a file: the list (entry ids) arrives as $1 and
+# reaches it through a pipe on fd 3, so nothing is written inside the user's container.
+USE_LIST = 'list=$1; shift; exec 4<&0; printf "%s" "$list" | "$@" --use-list=/dev/fd/3 3<&0 0<&4 4<&-'
+# pg_restore stops reading once it has the table of contents; `cat` takes the rest of what is sent, so no
+# write waits on a process that has gone.
+LIST_TOC = ["sh", "-c", "pg_restore --list --verbose; status=$?; cat >/dev/null; exit $status"]
+TOC_PREFIX = 4 << 20  # holds the table of contents of tens of thousands of objects
+LISTING_LIMIT = 1 << 30  # the listing is held in memory; this is far above any real one, so nothing is cut
 
 
 # Rows per table, read in the same snapshot pg_dump dumps, so a drill can prove nothing went missing.
@@ -133,6 +150,7 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
         raise RestoreRefused(f"database {spec.database!r} already exists in container {db.name!r}; "
                              "set overwrite: true to restore into it")
     *roles, (_, dump) = streams
+    plan = _plan_tables(db, spec, lambda: ctx.stream(dump), exists=exists) if spec.tables else None
     for _, opener in roles:
         # Roles that exist already make their CREATE fail; the rest must still apply, so errors do not stop it.
         db.feed(["psql", "-X", "-w", "-q", "-v", "ON_ERROR_STOP=0", f"--dbname={conninfo('postgres')}"],
@@ -142,18 +160,65 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
                  f"--dbname={conninfo('postgres')}"], [b'CREATE DATABASE :"name";\n'], what="creating the database")
     argv = ["pg_restore", "--no-password", "--exit-on-error", "--single-transaction", f"--dbname={conninfo(spec.database)}"]
     if exists:
-        argv += ["--clean", "--if-exists"]
-    for table in spec.tables or []:
-        argv += ["--table", table]
+        argv += ["--clean", "--if-exists"]  # drops exactly the entries restored, never with CASCADE
+    if plan is not None:
+        argv = ["sh", "-c", USE_LIST, "sh", plan.use_list(), *argv]
     try:
         db.feed(argv, ctx.stream(dump), what=f"pg_restore into database {spec.database!r}", cancel=ctx.cancel)
-    except BaseException:
+    except BaseException as exc:
         if not exists:
             with contextlib.suppress(Exception):
                 db.feed(["psql", "-X", "-w", "-q", "-v", "name=" + spec.database, f"--dbname={conninfo('postgres')}"],
                         [b'DROP DATABASE IF EXISTS :"name";\n'], what="dropping the half-restored database")
+        if plan is not None and isinstance(exc, SourceError) and "other objects depend on it" in str(exc):
+            raise SourceError(f"{exc} (nothing was changed: name those objects in tables: too; dockvault never "
+                              "drops with CASCADE)") from exc
         raise
-    ctx.notes.append(f"{'restored into' if exists else 'created'} database {spec.database} in {db.name}")
+    if plan is None:
+        ctx.notes.append(f"{'restored into' if exists else 'created'} database {spec.database} in {db.name}")
+        return
+    came = plan.summary()
+    ctx.notes.append(f"restored {', '.join(r.describe() for r in plan.relations)} into database {spec.database} "
+                     f"in {db.name}" + (f" with its {came}" if came else ""))
+    if plan.left_out:
+        ctx.notes.append(f"not restored (name them, or the tables they need, in tables: to restore them too): "
+                         f"{', '.join(plan.left_out)}")
+
+
+def _plan_tables(db: DbContainer, spec: PostgresRestore, open_dump: Callable[[], Iterator[bytes]], *,
+                 exists: bool) -> TablePlan:
+    """The archive entries that make up the named tables, given what the destination database already holds."""
+    listing = parse_listing(_listing(db, open_dump, what="reading the dump's table of contents"))
+    relations: set[tuple[str, str]] = set()
+    if exists:
+        names = hex_names(db.run(psql(spec.database, LIST_RELATIONS), what=f"listing relations of {spec.database!r}"))
+        relations = set(zip(names[::2], names[1::2]))
+    try:
+        return plan_tables(listing, spec.tables or [], existing=relations, new_database=not exists)
+    except PlanError as exc:
+        raise SourceError(f"postgres.tables: {exc}") from None
+
+
+def _listing(db: DbContainer, open_dump: Callable[[], Iterator[bytes]], *, what: str) -> str:
+    """`pg_restore --list --verbose` of a dump. The table of contents leads the archive, so its first TOC_PREFIX
+    bytes are enough, and the whole dump is read only when they are not."""
+    head = bytearray()
+    with contextlib.closing(open_dump()) as chunks:
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= TOC_PREFIX:
+                break
+    out, result = _list_toc(db, [bytes(head)])
+    if result.exit_code != 0 and len(head) >= TOC_PREFIX:
+        with contextlib.closing(open_dump()) as chunks:
+            out, result = _list_toc(db, chunks)
+    db.check(result, what)
+    return out.decode("utf-8", "replace")
+
+
+def _list_toc(db: DbContainer, chunks: Iterable[bytes]) -> tuple[bytes, ExecResult]:
+    with db.session(LIST_TOC) as proc:
+        return proc.feed(chunks, limit=LISTING_LIMIT), proc.result()
 
 
 def drill(target: BackupTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext,
