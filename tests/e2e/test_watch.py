@@ -40,8 +40,11 @@ def test_watched_directory_applies_changes_without_restart(docker_client, volume
     try:
         time.sleep(1.0)
         write_policy(config, name="watched", volume=source, repo=repo_dir)
-        manifest = eventually("the new policy's first backup",
-                              lambda: next(repo_dir.glob("watched/*/manifest.json"), None), 90)
+        try:
+            manifest = eventually("the new policy's first backup",
+                                  lambda: next(repo_dir.glob("watched/*/manifest.json"), None), 90)
+        except AssertionError as exc:  # say what dockvault said
+            raise AssertionError(f"{exc}\n--- dockvault's log ---\n{log_path.read_text()[-4000:]}") from None
 
         (config / "broken.yaml").write_text("apiVersion: dockvault.io/v1alpha1\nkind: BackupPolicy\nmetadata: {name: broken}\n"
                                             "spec: {targets: [], storage: {local: {path: /x}}}\n")

@@ -7,6 +7,7 @@ reads frame by frame and costs a third of the throughput.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import ssl
@@ -51,13 +52,26 @@ class ExecProcess:
         self._stderr = bytearray()
         self._out: Iterator[bytes] | None = None
         self._unread = bytearray()
+        self._tls = isinstance(self._sock, ssl.SSLSocket)
+        self._tls_lock = threading.Lock()  # a TLS read and the close_notify must never run at once
+
+    def _recv(self, buffer: bytearray) -> int:
+        if not self._tls:
+            return self._sock.recv_into(buffer)
+        # Wait outside the lock (close_stdin may need it meanwhile), then read what arrived under it.
+        while not self._sock.pending():
+            readable, _, _ = select.select([self._sock], [], [], 0.5)
+            if readable:
+                break
+        with self._tls_lock:
+            return self._sock.recv_into(buffer)
 
     def _frames(self) -> Iterator[tuple[int, bytes]]:
         pending = bytearray()
         buffer = bytearray(RECV)
         received = memoryview(buffer)
         while True:
-            n = self._sock.recv_into(buffer)
+            n = self._recv(buffer)
             if not n:
                 break
             pending += received[:n]
@@ -94,15 +108,16 @@ class ExecProcess:
         close_notify instead, which ends stdin for the engine while TLS reads go on (a TLS half-close)."""
         sock = self._sock
         try:
-            if isinstance(sock, ssl.SSLSocket):
-                timeout = sock.gettimeout()
-                sock.setblocking(False)
-                try:
-                    sock.unwrap()  # sends close_notify; the peer's comes with the end of the output
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                    pass
-                finally:
-                    sock.settimeout(timeout)
+            if self._tls:
+                with self._tls_lock:  # never while a reader thread is inside a TLS read (OpenSSL is not thread-safe)
+                    timeout = sock.gettimeout()
+                    sock.setblocking(False)
+                    try:
+                        sock.unwrap()  # sends close_notify; the peer's comes with the end of the output
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+                    finally:
+                        sock.settimeout(timeout)
             else:
                 sock.shutdown(socket.SHUT_WR)
         except OSError:
