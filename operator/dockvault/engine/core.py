@@ -298,16 +298,25 @@ class Engine:
             return False
         probe = Path(tempfile.mkdtemp(prefix="dockvault-probe-"))
         token = uuid.uuid4().hex
+        container = None
         try:
             (probe / "probe").write_text(token)
-            output = self.client.containers.run(self.helper_image, ["cat", f"{PIPE_MOUNT}/probe"], entrypoint=[],
-                                                remove=True, network_mode="none", user="0:0",
-                                                volumes={str(probe): {"bind": PIPE_MOUNT, "mode": "ro"}})
-            return output.decode(errors="replace").strip() == token
-        except docker.errors.DockerException as exc:
+            # Not containers.run(remove=True): it may read the logs after the removal and return nothing.
+            container = self.client.containers.create(self.helper_image, ["cat", f"{PIPE_MOUNT}/probe"],
+                                                      entrypoint=[], network_mode="none", user="0:0",
+                                                      labels={LABEL_JOB: "transport-probe"},
+                                                      volumes={str(probe): {"bind": PIPE_MOUNT, "mode": "ro"}})
+            container.start()
+            code = container.wait(timeout=60).get("StatusCode")
+            output = container.logs(stdout=True, stderr=False).decode(errors="replace").strip()
+            return code == 0 and output == token
+        except (docker.errors.DockerException, ConnectionError, OSError) as exc:
             log.debug("transport probe failed, using the api transport: %s", exc)
             return False
         finally:
+            if container is not None:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
             shutil.rmtree(probe, ignore_errors=True)
 
     @contextlib.contextmanager

@@ -34,7 +34,7 @@ FIRST_PART = 8 * MIB  # S3's minimum is 5 MiB for every part but the last
 PARTS_PER_STEP = 1000
 MAX_PARTS = 10_000
 SPOOL_OVER = 32 * MIB  # larger parts wait on disk for their upload, not in memory
-IN_FLIGHT = 3  # parts uploading while the next one fills
+IN_FLIGHT = 2  # parts uploading while the next one fills (with 3, backups to S3 peaked over 150 MiB RSS)
 RESTORES = ".restores"
 _LOCKED = {"AccessDenied", "ObjectLocked", "InvalidRequest"}
 
