@@ -51,7 +51,7 @@ from pathlib import Path
 
 from common import (DOCKVAULT, QUIET, BenchError, Method, Run, add_run_options, check_args, cli_startup,
                     dockvault_env, fmt, human, log, machine, machine_line, mark, parse_size, print_methods, print_rows, rss_floor,
-                    run_bench, run_timed, size_label, sync)
+                    process_cpu_reader, run_bench, run_timed, size_label, sync)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -234,15 +234,7 @@ def dockerd_cpu_reader():
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return lambda: None
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def read() -> float | None:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            return None
-    return read
+    return process_cpu_reader(pid)
 
 
 @dataclass
