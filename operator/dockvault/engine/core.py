@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 LABEL_POLICY = "dockvault.io/policy"
 LABEL_TARGET = "dockvault.io/target"
 LABEL_JOB = "dockvault.io/job"
+LABEL_PROBE = "dockvault.io/probe"  # the transport probe: a `cat` that exits at once; removed at start-up if left
 LABEL_DRILL = "dockvault.io/drill"  # scratch resources of restore drills: removed after use, and at start-up
 PIPE_MOUNT = "/dockvault"
 STREAM, CONTROL = "{stream}", "{control}"  # placeholders in a helper's command, replaced per transport
@@ -304,7 +305,7 @@ class Engine:
             # Not containers.run(remove=True): it may read the logs after the removal and return nothing.
             container = self.client.containers.create(self.helper_image, ["cat", f"{PIPE_MOUNT}/probe"],
                                                       entrypoint=[], network_mode="none", user="0:0",
-                                                      labels={LABEL_JOB: "transport-probe"},
+                                                      labels={LABEL_PROBE: "true"},
                                                       volumes={str(probe): {"bind": PIPE_MOUNT, "mode": "ro"}})
             container.start()
             code = container.wait(timeout=60).get("StatusCode")
@@ -372,6 +373,11 @@ class Engine:
         label = [LABEL_JOB] if policy is None else [LABEL_JOB, f"{LABEL_POLICY}={policy}"]
         scratch = [LABEL_DRILL] if policy is None else [LABEL_DRILL, f"{LABEL_POLICY}={policy}"]
         removed = []
+        # a transport probe of a killed dockvault (one that still runs belongs to a live process: left alone)
+        for container in self.client.containers.list(all=True, filters={"label": LABEL_PROBE, "status": "exited"}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                container.remove(force=True)
+                removed.append(container.name)
         for container in self.client.containers.list(all=True, filters={"label": label}):
             if container.labels.get(LABEL_POLICY) in spare:
                 continue

@@ -55,6 +55,7 @@ def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], 
         raise SourceError(f"volume {volume!r} does not exist on the Docker host")
     end = EndMarker()
     opened = True
+    engine.transport  # noqa: B018 - chosen (a probe may run) before anything is quiesced, not while it waits
     with quiesced(engine, volume, quiesce, journal):
         with engine.helper(TAR_CREATE, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels) as helper:
             try:
