@@ -47,9 +47,9 @@ import yaml
 
 from common import (DOCKVAULT, BenchError, Method, Run, add_run_options, check_args, cli_startup, docker,
                     dockvault_env, human, log, machine, machine_line, mark, mountpoint, parse_size, print_methods,
-                    print_rows, process_cpu_reader, remove_volume, remove_volumes, rss_floor, run_bench, run_timed,
+                    print_rows, process_cpu_reader, remove_volumes, rss_floor, run_bench, run_timed,
                     tool_version, volume_exists)
-from volume_backup import VOLUME_PREFIX, code_version, ensure_volume, pick_samples, scan, sha256_file, verify
+from volume_backup import VOLUME_PREFIX, code_version, prepare_source, verify
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests/s3fixture.py
 from tests.s3fixture import S3Server  # noqa: E402
@@ -130,15 +130,8 @@ class Bench:
         self.config = {POLICY: self.work / "config-s3", POLICY_AGE: self.work / "config-s3-age"}
         for d in (self.scratch, self.state, *self.config.values()):
             d.mkdir()
-        for leftover in docker("volume", "ls", "-q", "--filter", f"name={VOLUME_PREFIX}-s3restore-").split():
-            remove_volume(leftover)
-
-        self.volume, self.source_root, self.marker = ensure_volume(self.args.size, self.args.seed)
-        t = time.perf_counter()
-        self.source = scan(self.source_root)
-        self.samples = {p: sha256_file(self.source_root / p) for p in pick_samples(self.source, self.args.seed)}
-        log(f"source: {len(self.source.files)} files, {self.source.dirs} dirs, {self.source.bytes} bytes "
-            f"(scanned in {time.perf_counter() - t:.1f}s)")
+        (self.volume, self.source_root, self.marker, self.source,
+         self.samples) = prepare_source(self.args.size, self.args.seed, f"{VOLUME_PREFIX}-s3restore-")
 
         self.server = S3Server(self.work / "seaweedfs")
         t = time.perf_counter()

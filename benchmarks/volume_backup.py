@@ -257,6 +257,20 @@ def pick_samples(tree: Tree, seed: int) -> list[str]:
     return picked
 
 
+def prepare_source(size: int, seed: int, stale_prefix: str) -> tuple[str, Path, dict, Tree, dict[str, str]]:
+    """Remove restored volumes a previous run left (`stale_prefix`), then the source volume, its tree and the
+    sha256 of its check samples: (volume, root, marker, tree, samples)."""
+    for leftover in docker("volume", "ls", "-q", "--filter", f"name={stale_prefix}").split():
+        remove_volume(leftover)
+    volume, root, marker = ensure_volume(size, seed)
+    t = time.perf_counter()
+    tree = scan(root)
+    samples = {p: sha256_file(root / p) for p in pick_samples(tree, seed)}
+    log(f"source: {len(tree.files)} files, {tree.dirs} dirs, {tree.bytes} bytes "
+        f"(scanned in {time.perf_counter() - t:.1f}s)")
+    return volume, root, marker, tree, samples
+
+
 def verify(label: str, source_root: Path, source: Tree, samples: dict[str, str], restored_root: Path) -> None:
     got = scan(restored_root)
     problems = []
@@ -309,15 +323,8 @@ class Bench:
         self.state = self.work / "state"
         for d in (self.scratch, self.seed_dir, self.raw_dir, self.repo, self.config, self.state):
             d.mkdir()
-        for leftover in docker("volume", "ls", "-q", "--filter", f"name={VOLUME_PREFIX}-restore-").split():
-            remove_volume(leftover)
-
-        self.volume, self.source_root, self.marker = ensure_volume(self.args.size, self.args.seed)
-        t = time.perf_counter()
-        self.source = scan(self.source_root)
-        self.samples = {p: sha256_file(self.source_root / p) for p in pick_samples(self.source, self.args.seed)}
-        log(f"source: {len(self.source.files)} files, {self.source.dirs} dirs, {self.source.bytes} bytes "
-            f"(scanned in {time.perf_counter() - t:.1f}s)")
+        (self.volume, self.source_root, self.marker, self.source,
+         self.samples) = prepare_source(self.args.size, self.args.seed, f"{VOLUME_PREFIX}-restore-")
 
         (self.config / "policy.yaml").write_text(textwrap.dedent(f"""\
             apiVersion: dockvault.io/v1alpha1
