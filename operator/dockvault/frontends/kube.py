@@ -249,14 +249,10 @@ class Runtime:
         if body is None:
             return
         namespace, name = split_key(key)
-        if result.policy.spec.host != self.host:  # another host's policy served a restore here: its status is theirs
-            target = self.restore_body(result.job.request) if result.job.request else None
-            if target is not None:
-                kopf.event(target, type="Normal" if result.succeeded else "Warning",
-                           reason="RestoreSucceeded" if result.succeeded else "RestoreFailed", message=result.message)
-            return
-        self.api.patch_status(POLICIES, namespace, name, self.policy_status(key, body))
-        if result.backup is not None:
+        mine = result.policy.spec.host == self.host  # else another host's policy served a restore: its status is theirs
+        if mine:
+            self.api.patch_status(POLICIES, namespace, name, self.policy_status(key, body))
+        if mine and result.backup is not None:
             record = result.backup.record
             try:
                 self.api.create_backup(backup_resource(record, body))
@@ -265,7 +261,9 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - the repository holds the backup; a resync repairs the resources
                 log.error("%s: cannot write Backup resources: %s", key, exc)
                 kopf.warn(body, reason="BackupResourceFailed", message=f"backup {record.id}: {exc}")
-        target = self.restore_body(result.job.request) if result.job.request else body
+        target = self.restore_body(result.job.request) if result.job.request else (body if mine else None)
+        if target is None:
+            return
         kind = result.job.kind.capitalize()
         if result.succeeded:
             kopf.event(target, type="Normal", reason=f"{kind}Succeeded", message=result.message)

@@ -120,10 +120,11 @@ class Controller:
         for message in sorted(warnings - self._seen_errors):
             log.warning("%s", message)
         self._seen_errors = messages | warnings
+        resources = self.resources()
         if self.metrics is not None:
-            for policy in self.resources().policies.values():
+            for policy in resources.policies.values():
                 self.metrics.policy_seen(policy.name, policy.spec.host, [t.name for t in policy.spec.targets])
-        self.runner.refresh_all(self.resources())
+        self.runner.refresh_all(resources)
         for kind, before, after in (("policy", old.policies, new.policies), ("restore", old.restores, new.restores)):
             for name in sorted(after.keys() - before.keys()):
                 log.info("%s %s added (%s)", kind, name, after[name].file)

@@ -297,9 +297,10 @@ class S3Repository:
 
     def backups(self, policy: str) -> list[Backup]:
         manifests = []
-        for page in self._list(self.key(policy) + "/"):
+        folder = self.key(policy) + "/"
+        for page in self._list(folder):
             for item in page.get("Contents", []):
-                parts = item["Key"][len(self.key(policy)) + 1:].split("/")
+                parts = item["Key"][len(folder):].split("/")
                 if len(parts) == 2 and parts[1] == MANIFEST:
                     manifests.append((item["Key"], item["ETag"]))
         cache_key = (self.spec.endpoint or "", self.bucket)
@@ -314,7 +315,6 @@ class S3Repository:
             for key, _ in missing:
                 _manifests[(*cache_key, key)] = known[key]  # type: ignore[assignment]
             listed = {key for key, _ in manifests}
-            folder = self.key(policy) + "/"
             for gone in [k for k in _manifests if k[:2] == cache_key and k[2].startswith(folder) and k[2] not in listed]:
                 del _manifests[gone]  # deleted backups leave the cache too
         found = [entry[1] for key, _ in sorted(manifests) if (entry := known[key]) and entry[1] is not None]
