@@ -3,8 +3,8 @@
 #
 #   scripts/harness.sh COMMAND [ARGS...]
 #
-# 1. installs what is missing (docker.io, mmdebstrap, zstd, tar, prometheus, docker-compose, age from apt; the
-#    project itself with its `test` extra through pip);
+# 1. installs what is missing (docker.io, mmdebstrap, zstd, tar, prometheus, docker-compose, age, restic and
+#    borgbackup from apt; the project itself with its `test` extra through pip);
 # 2. starts a private dockerd (own data-root, exec-root, pidfile and unix
 #    socket under a short temp dir; no bridge, no iptables);
 # 3. builds the fixture image from a Debian rootfs made by mmdebstrap (cached
@@ -223,6 +223,9 @@ install_apt() {
     command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
     # age: encrypted artifacts are checked by hand the way the README shows (age -d -i key.txt).
     command -v age >/dev/null 2>&1 || need+=(age)
+    # restic and borg: the benchmark peers of benchmarks/volume_backup.py and benchmarks/differential.py.
+    command -v restic >/dev/null 2>&1 || need+=(restic)
+    command -v borg >/dev/null 2>&1 || need+=(borgbackup)
     [[ ${#need[@]} -eq 0 ]] && return 0
     [[ $(id -u) == 0 ]] || die "missing packages: ${need[*]} (run as root, or install them)"
     log "installing ${need[*]} (apt)"
