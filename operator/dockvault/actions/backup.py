@@ -119,8 +119,9 @@ def run_backup(
 
 def apply_retention(policy: BackupPolicy, repository: Repository) -> tuple[RetentionPlan, list[str]]:
     """Delete what the plan says; call only right after a successful backup of `policy`."""
-    plan = plan_retention(repository.backups(policy.name), policy.spec.retention,
-                          now=datetime.now(UTC), tz=policy.spec.timezone)
+    # Another host's policy of the same name may share the repository: its backups are not ours to prune.
+    mine = [b for b in repository.backups(policy.name) if b.spec.host == policy.spec.host]
+    plan = plan_retention(mine, policy.spec.retention, now=datetime.now(UTC), tz=policy.spec.timezone)
     deleted = []
     for backup_id in plan.delete:
         try:

@@ -86,7 +86,8 @@ def sync_copy(policy: BackupPolicy, primary: Repository, copy: CopySpec, *, now:
             copy_backup(primary, destination, backup, cancel)
             outcome.copied.append(backup.id)
             log.info("copy %s: backup %s/%s copied", copy.name, policy.name, backup.id)
-        plan = plan_retention(destination.backups(policy.name), retention, now=started, tz=policy.spec.timezone)
+        mine = [b for b in destination.backups(policy.name) if b.spec.host == policy.spec.host]  # not another host's
+        plan = plan_retention(mine, retention, now=started, tz=policy.spec.timezone)
         for backup_id in plan.delete:
             try:
                 destination.delete(policy.name, backup_id)

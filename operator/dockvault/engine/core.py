@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
@@ -29,6 +30,7 @@ LABEL_POLICY = "dockvault.io/policy"
 LABEL_TARGET = "dockvault.io/target"
 LABEL_JOB = "dockvault.io/job"
 LABEL_PROBE = "dockvault.io/probe"  # the transport probe: a `cat` that exits at once; removed at start-up if left
+LABEL_OWNER = "dockvault.io/owner"  # host:pid of the dockvault that made it: a live one's resources are never swept
 LABEL_DRILL = "dockvault.io/drill"  # scratch resources of restore drills: removed after use, and at start-up
 PIPE_MOUNT = "/dockvault"
 STREAM, CONTROL = "{stream}", "{control}"  # placeholders in a helper's command, replaced per transport
@@ -82,7 +84,23 @@ class ContainerRef:
 
 
 def job_labels(*, policy: str, target: str, job: str) -> dict[str, str]:
-    return {LABEL_POLICY: policy, LABEL_TARGET: target, LABEL_JOB: job}
+    return {LABEL_POLICY: policy, LABEL_TARGET: target, LABEL_JOB: job, LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def _owner_alive(labels: Mapping[str, str]) -> bool:
+    """Whether the dockvault that made a resource may still run: another host's, or a live process here."""
+    host, _, pid = (labels.get(LABEL_OWNER) or "").rpartition(":")
+    if not pid.isdigit():
+        return False  # made before owners were recorded
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def new_job_id() -> str:
@@ -183,6 +201,14 @@ class _ExecInput:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _remove_pipe_dir(container: Container) -> None:
+    """The temp folder (FIFOs or probe file) a killed dockvault made for this helper: its bind mount at PIPE_MOUNT."""
+    for mount in container.attrs.get("Mounts") or []:
+        source = mount.get("Source") or ""
+        if mount.get("Destination") == PIPE_MOUNT and Path(source).name.startswith(("dockvault-pipe-", "dockvault-probe-")):
+            shutil.rmtree(source, ignore_errors=True)
 
 
 class Engine:
@@ -378,14 +404,17 @@ class Engine:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.remove(force=True)
                 removed.append(container.name)
+                _remove_pipe_dir(container)
         for container in self.client.containers.list(all=True, filters={"label": label}):
-            if container.labels.get(LABEL_POLICY) in spare:
+            if container.labels.get(LABEL_POLICY) in spare or _owner_alive(container.labels):
                 continue
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.remove(force=True, v=True)
                 removed.append(container.name)
+                _remove_pipe_dir(container)
         for volume in self.client.volumes.list(filters={"label": scratch}):
-            if (volume.attrs.get("Labels") or {}).get(LABEL_POLICY) in spare:
+            labels = volume.attrs.get("Labels") or {}
+            if labels.get(LABEL_POLICY) in spare or _owner_alive(labels):
                 continue
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 volume.remove(force=True)
