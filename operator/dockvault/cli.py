@@ -55,6 +55,7 @@ StateDir = Annotated[Path, typer.Option("--state-dir", envvar="DOCKVAULT_STATE_D
 HelperImage = Annotated[str, typer.Option("--helper-image", envvar="DOCKVAULT_HELPER_IMAGE",
                                           help="image with GNU tar and sh for helper containers")]
 Output = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+LEVELS = ("full", "differential", "incremental")
 MetricsAddr = Annotated[str, typer.Option("--metrics-addr", envvar="DOCKVAULT_METRICS_ADDR",
                                           help="serve /metrics, /healthz, /readyz here; 'off' to disable")]
 
@@ -285,6 +286,10 @@ def backup(
     state_dir: StateDir = Path(_default_state_dir()),
     helper_image: HelperImage = DEFAULT_HELPER_IMAGE,
     wait: Wait = 0,
+    level: Annotated[str, typer.Option(
+        "--level", help="volume targets: full, or only the changes since the last full (differential) or since the previous "
+             "backup (incremental); without a usable base the run is a full and says so. Dumps are always full.",
+    )] = "full",
 ) -> None:
     """Run one backup of POLICY now (with retention afterwards when it succeeds)."""
     from rich.progress import (
@@ -296,6 +301,8 @@ def backup(
         TransferSpeedColumn,
     )
 
+    if level not in LEVELS:
+        raise _fail(f"--level {level!r}: use one of {', '.join(LEVELS)}", 2)
     _setup_logging()
     policy = _policy(config_dir, policy_name)
     controller = _controller(config_dir, state_dir, helper_image)
@@ -305,15 +312,19 @@ def backup(
                        TimeElapsedColumn())
             with Progress(*columns, console=err, transient=True) as bar:
                 task = bar.add_task(f"backup {policy.name}", total=None)
-                result = controller.runner.backup_now(policy.name, policy, progress=lambda n: bar.advance(task, n))
+                result = controller.runner.backup_now(policy.name, policy, progress=lambda n: bar.advance(task, n),
+                                                      level=level)
         else:
-            result = controller.runner.backup_now(policy.name, policy)
+            result = controller.runner.backup_now(policy.name, policy, level=level)
     outcome = result.backup
     if outcome is None or not result.succeeded:
         raise _fail(f"backup {policy.name}/{result.backup_id} failed: {result.message}")
-    st = outcome.record.status
-    out.print(f"backup {policy.name}/{outcome.record.id} succeeded: {_human(st.bytes)} in {st.duration_seconds:.1f}s",
-              highlight=False)
+    st, spec = outcome.record.status, outcome.record.spec
+    chain = f" ({spec.level} on {spec.base})" if spec.base else f" ({spec.level})" if spec.level else ""
+    out.print(f"backup {policy.name}/{outcome.record.id}{chain} succeeded: {_human(st.bytes)} in "
+              f"{st.duration_seconds:.1f}s", highlight=False)
+    if st.message:
+        err.print(f"note: {st.message}", highlight=False)
     for artifact in st.artifacts:
         out.print(f"  {artifact.file}  {_human(artifact.bytes)}  sha256:{artifact.sha256}", highlight=False)
     if outcome.deleted:
@@ -440,10 +451,10 @@ def get_backups(
         for record in repository_for(item.resource).backups(name):  # type: ignore[arg-type]
             st = record.status
             row = {"POLICY": name, "ID": record.id, "PHASE": st.phase, "TRIGGER": record.spec.trigger,
-                   "SIZE": _human(st.bytes), "DURATION": f"{st.duration_seconds:.1f}s", "AGE": _age(st.completed_at, now),
+                   "LEVEL": record.level, "BASE": record.base, "SIZE": _human(st.bytes), "DURATION": f"{st.duration_seconds:.1f}s", "AGE": _age(st.completed_at, now),
                    "TARGETS": ",".join(a.target for a in st.artifacts)}
             rows.append(row if output == "table" else record.to_dict())
-    _emit(rows, ["POLICY", "ID", "PHASE", "TRIGGER", "SIZE", "DURATION", "AGE", "TARGETS"], output)
+    _emit(rows, ["POLICY", "ID", "PHASE", "TRIGGER", "LEVEL", "BASE", "SIZE", "DURATION", "AGE", "TARGETS"], output)
 
 
 @get_app.command("restores")
@@ -495,11 +506,24 @@ def retention_plan(
     policy = _policy(config_dir, policy_name)
     backups = repository_for(policy).backups(policy.name)
     plan = plan_retention(backups, policy.spec.retention, now=datetime.now(UTC), tz=policy.spec.timezone)
-    rows = [{"BACKUP": d.backup_id, "ACTION": "ignore" if d.ignored else "keep" if d.keep else "delete",
+    by_id = {b.id: b for b in backups}
+    rows = [{"BACKUP": d.backup_id, "LEVEL": by_id[d.backup_id].level, "CHAIN": _chain_text(by_id[d.backup_id], by_id),
+             "ACTION": "ignore" if d.ignored else "keep" if d.keep else "delete",
              "REASONS": ", ".join(d.reasons)} for d in plan.decisions]
-    _emit(rows, ["BACKUP", "ACTION", "REASONS"], output)
+    _emit(rows, ["BACKUP", "LEVEL", "CHAIN", "ACTION", "REASONS"], output)
     if output == "table":
         out.print(f"{len(plan.keep)} to keep, {len(plan.delete)} to delete", highlight=False)
+
+
+def _chain_text(backup, by_id) -> str:
+    """The backups a restore of `backup` reads, full first ("-" for a plain full)."""
+    from .controller.chains import BrokenChain, chain_of
+    if backup.base is None:
+        return "-"
+    try:
+        return " <- ".join(link.id for link in chain_of(backup, by_id))
+    except BrokenChain:
+        return f"BROKEN (base {backup.base} missing)"
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from ..sources import RestoreContext, SourceError, source_for
 from ..storage.base import Repository, StorageError
 from ..storage.codec import ChecksumMismatch
 from ..storage.crypt import DecryptionFailed
-from .restore import BackupReader, identities_for
+from ..controller.chains import BrokenChain
+from .restore import BackupReader, chain_artifacts, identities_for
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +46,23 @@ def run_drill(policy: BackupPolicy, *, engine: Engine, repository: Repository,
     ctx = RestoreContext(policy=policy.name, request="drill", job_id=new_job_id(), engine=engine, cancel=cancel)
     checks = policy.spec.drill.checks if policy.spec.drill else []
     try:
-        backup = select_backup(repository.backups(policy.name), "latest", policy=policy.name)
+        backups = repository.backups(policy.name)
+        backup = select_backup(backups, "latest", policy=policy.name)
         backup_id = backup.id
-        reader = BackupReader(repository, policy.name, backup, identities_for(policy, backup.status.artifacts))
-        reader.verify_all(backup.status.artifacts)
+        links = {target.name: chain_artifacts(backup, target.name, backups) for target in policy.spec.targets}
+        everything = [link for target_links in links.values() for link in target_links]
+        reader = BackupReader(repository, policy.name, backup, identities_for(policy, [a for a, _ in everything]))
+        reader.verify_all(everything)  # the whole chain
         for target in policy.spec.targets:
-            artifacts = backup.artifacts(target.name)
-            if not artifacts:
+            if not links[target.name]:
                 raise SourceError(f"backup {backup.id} has no artifact for target {target.name} (added since?)")
+            streams = [(a, reader.opener(a, link)) for a, link in links[target.name]]
             try:
-                source_for(target.source_kind).drill(target, [(a, reader.opener(a)) for a in artifacts], ctx, checks)
+                source_for(target.source_kind).drill(target, streams, ctx, checks)
             except SourceError as exc:
                 raise SourceError(f"target {target.name}: {exc}") from exc
         phase, message = "Succeeded", "; ".join(ctx.notes)
-    except (NoSuchBackup, ChecksumMismatch, DecryptionFailed, SecretError, SourceError, EngineError, StorageError,
+    except (NoSuchBackup, BrokenChain, ChecksumMismatch, DecryptionFailed, SecretError, SourceError, EngineError, StorageError,
             OSError, ValueError, EOFError) as exc:
         phase, message = "Failed", mask(str(exc))
     seconds = round(time.monotonic() - clock, 3)

@@ -15,6 +15,7 @@ from typing import BinaryIO
 from ..api.backup import Artifact, Backup
 from ..api.policy import PRIMARY, BackupPolicy
 from ..api.restore import RestoreRequest, RestoreRequestStatus, RestoreTarget
+from ..controller.chains import BrokenChain, chain_of
 from ..controller.selection import NoSuchBackup, select_backup
 from ..credentials import SecretError, mask, read_secret
 from ..engine.core import Engine, EngineError, new_job_id
@@ -69,20 +70,23 @@ class BackupReader:
     backup: Backup
     identities: list[str] = field(default_factory=list)
 
-    def verified(self, artifact: Artifact) -> Iterator[bytes]:
-        return verified_chunks(self.repository.open_artifact(self.policy, self.backup.id, artifact.file), artifact,
-                               policy=self.policy, backup_id=self.backup.id)
+    def verified(self, artifact: Artifact, backup_id: str | None = None) -> Iterator[bytes]:
+        """The artifact's stored bytes, of this backup or of `backup_id` (a link of its chain)."""
+        backup_id = backup_id or self.backup.id
+        return verified_chunks(self.repository.open_artifact(self.policy, backup_id, artifact.file), artifact,
+                               policy=self.policy, backup_id=backup_id)
 
-    def plain(self, artifact: Artifact) -> Iterator[bytes]:
-        chunks = self.verified(artifact)
+    def plain(self, artifact: Artifact, backup_id: str | None = None) -> Iterator[bytes]:
+        chunks = self.verified(artifact, backup_id)
         return decrypted(chunks, self.identities) if artifact.encryption == "age" else chunks
 
-    def opener(self, artifact: Artifact):
-        return functools.partial(lambda a: decompressed(self.plain(a), a.compression), artifact)
+    def opener(self, artifact: Artifact, backup_id: str | None = None):
+        return functools.partial(lambda a: decompressed(self.plain(a, backup_id), a.compression), artifact)
 
-    def verify_all(self, artifacts: Iterable[Artifact]) -> None:
-        for artifact in artifacts:
-            for _ in self.verified(artifact):
+    def verify_all(self, artifacts: Iterable[Artifact | Link]) -> None:
+        for item in artifacts:
+            artifact, backup_id = (item, None) if isinstance(item, Artifact) else item
+            for _ in self.verified(artifact, backup_id):
                 pass
 
 
@@ -95,7 +99,19 @@ class RestoreOutcome:
         return self.status.phase == "Succeeded"
 
 
-def _plan(request: RestoreRequest, backup: Backup) -> list[tuple[RestoreTarget, list[Artifact]]]:
+Link = tuple[Artifact, str]  # an artifact and the id of the backup that holds it (a link of a chain)
+
+
+def chain_artifacts(backup: Backup, target: str, backups: Iterable[Backup]) -> list[Link]:
+    """The artifacts that restore `target` of `backup`: of a chained volume backup, the archive of every link
+    from the full on; otherwise the backup's own. BrokenChain when a link is missing."""
+    own = backup.artifacts(target)
+    if backup.base is None or not own or own[0].source != "volume":
+        return [(a, backup.id) for a in own]
+    return [(a, link.id) for link in chain_of(backup, {b.id: b for b in backups}) for a in link.artifacts(target)]
+
+
+def _plan(request: RestoreRequest, backup: Backup, backups: list[Backup]) -> list[tuple[RestoreTarget, list[Link]]]:
     """Each destination with the artifacts it needs; a destination of the wrong kind is refused up front."""
     plan = []
     for index, destination in enumerate(request.spec.targets):
@@ -107,7 +123,12 @@ def _plan(request: RestoreRequest, backup: Backup) -> list[tuple[RestoreTarget, 
         if artifacts[0].source != destination.kind:
             raise RestoreError(f"spec.targets[{index}]: target {destination.from_!r} holds {artifacts[0].source} "
                                f"data and restores into {artifacts[0].source}, not {destination.kind}")
-        plan.append((destination, source_for(destination.kind).artifacts_for(artifacts, destination)))
+        try:
+            links = chain_artifacts(backup, destination.from_, backups)
+        except BrokenChain as exc:
+            raise BrokenChain(f"spec.targets[{index}]: {exc}") from None
+        wanted = source_for(destination.kind).artifacts_for([a for a, _ in links], destination)
+        plan.append((destination, [link for link in links if any(link[0] is a for a in wanted)]))
     return plan
 
 
@@ -134,7 +155,7 @@ def run_restore(
         backup_id = backup.id
         for destination, artifacts in plan:
             log.info("restore %s: %s/%s target %s", request.name, policy.name, backup.id, destination.from_)
-            streams = [(a, reader.opener(a)) for a in artifacts]
+            streams = [(a, reader.opener(a, backup_id)) for a, backup_id in artifacts]
             try:
                 source_for(destination.kind).restore(destination, streams, ctx)
             except SourceError as exc:
@@ -151,7 +172,7 @@ def run_restore(
     return RestoreOutcome(status("Succeeded", message).model_copy(update={"source": source}))
 
 
-Plan = list[tuple[RestoreTarget, list[Artifact]]]
+Plan = list[tuple[RestoreTarget, list[Link]]]
 
 
 def sources_of(policy: BackupPolicy, repository: Repository, wanted: str | None) -> list[tuple[str, Repository]]:
@@ -173,13 +194,14 @@ def _pick_source(request: RestoreRequest, policy: BackupPolicy,
     candidates = sources_of(policy, repository, request.spec.source)
     for name, repo in candidates:
         try:
-            backup = select_backup(repo.backups(policy.name), request.spec.backup, policy=policy.name)
-            plan = _plan(request, backup)
-            artifacts = [a for _, aa in plan for a in aa]
-            reader = BackupReader(repo, policy.name, backup, identities_for(policy, artifacts))
-            reader.verify_all(artifacts)
+            backups = repo.backups(policy.name)
+            backup = select_backup(backups, request.spec.backup, policy=policy.name)
+            plan = _plan(request, backup, backups)
+            links = [link for _, ll in plan for link in ll]
+            reader = BackupReader(repo, policy.name, backup, identities_for(policy, [a for a, _ in links]))
+            reader.verify_all(links)
             return name, backup, plan, reader
-        except (NoSuchBackup, ChecksumMismatch, StorageError, OSError, EOFError) as exc:
+        except (NoSuchBackup, BrokenChain, ChecksumMismatch, StorageError, OSError, EOFError) as exc:
             if len(candidates) == 1:
                 raise
             problems.append(f"{name}: {exc}")

@@ -229,9 +229,9 @@ class JobRunner:
         return result
 
     def backup_now(self, key: str, policy: BackupPolicy, *, trigger: str = "manual",
-                   progress: Progress | None = None) -> JobResult:
+                   progress: Progress | None = None, level: str = "full") -> JobResult:
         """A backup typed by hand; the caller holds the policy's lock."""
-        return self.execute(Job("backup", key, trigger), Resources({key: policy}), progress=progress)
+        return self.execute(Job("backup", key, trigger, level=level), Resources({key: policy}), progress=progress)
 
     def drill_now(self, key: str, policy: BackupPolicy) -> JobResult:
         return self.execute(Job("drill", key, "manual"), Resources({key: policy}))
@@ -240,10 +240,11 @@ class JobRunner:
         trigger = "manual" if job.reason == "manual" else "schedule"
         started = self.clock()
         self.state.record_attempt(job.policy, Attempt("pending", "Running", started, trigger=trigger,
-                                                      attempt=job.attempt))
+                                                      attempt=job.attempt, level=job.level))
         try:
             outcome = run_backup(policy, engine=self.engine, repository=repository_for(policy), trigger=trigger,
-                                 progress=progress, cancel=self.cancel, journal=PolicyJournal(self.state, job.policy))
+                                 progress=progress, cancel=self.cancel, journal=PolicyJournal(self.state, job.policy),
+                                 level=job.level)
         finally:
             self.state.forget_attempt(job.policy, "pending")
         st = outcome.record.status
@@ -252,7 +253,8 @@ class JobRunner:
             retry = jobs.retry_at(policy, attempt=job.attempt, failed_at=st.completed_at or self.clock(),
                                   started_at=st.started_at)
         self.state.record_attempt(job.policy, Attempt(outcome.record.id, st.phase, st.started_at, st.completed_at,
-                                                      st.bytes, st.message, trigger, outcome.error, job.attempt, retry))
+                                                      st.bytes, st.message, trigger, outcome.error, job.attempt, retry,
+                                                      outcome.record.level))
         if retry is not None:
             log.warning("backup %s: temporary failure (attempt %d); retrying at %s", job.policy, job.attempt, iso(retry))
         if self.metrics is not None:
@@ -330,7 +332,7 @@ class JobRunner:
                 retry = jobs.retry_at(policy, attempt=job.attempt, failed_at=now, started_at=now) if temporary else None
                 backup_id = "failed-" + now.strftime("%Y%m%dT%H%M%SZ")
                 self.state.record_attempt(job.policy, Attempt(backup_id, "Failed", now, now, None, message,
-                                                              "schedule", error, job.attempt, retry))
+                                                              "schedule", error, job.attempt, retry, job.level))
                 if self.metrics is not None:
                     self.metrics.backup_finished(policy.name, policy.spec.host, succeeded=False, duration_seconds=0.0,
                                                  retry=job.attempt > 1)
@@ -397,7 +399,7 @@ class JobRunner:
         if last is not None and last.phase == "Running":
             self.state.record_attempt(key, Attempt(last.backup_id, "Failed", last.started_at, self.clock(), None,
                                                    "interrupted: dockvault stopped during the backup", last.trigger,
-                                                   jobs.TEMPORARY, last.attempt))
+                                                   jobs.TEMPORARY, last.attempt, level=last.level))
             self.state.forget_attempt(key, "pending")
         for request, spec_hash, policy_key, status in self.state.interrupted_restores():
             if policy_key != key:

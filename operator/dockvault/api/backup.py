@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AwareDatetime, Field
 
 from .common import BackupId, Envelope, ResourceName, Schema, TargetName
+from .policy import Level
 
 
 class Artifact(Schema):
@@ -26,6 +27,8 @@ class Artifact(Schema):
     completed_at: AwareDatetime
     details: dict[str, str] = Field(default_factory=dict, description="source facts: volume, helper image, tool versions")
     tables: dict[str, int] | None = Field(None, description="rows per table in the dump's snapshot, for restore drills")
+    role: Literal["snapshot"] | None = Field(None, description="snapshot: GNU tar's listed-incremental snapshot file "
+                                                                "of the target's archive (absent: the data itself)")
 
 
 class BackupSpec(Schema):
@@ -33,6 +36,8 @@ class BackupSpec(Schema):
     id: BackupId
     host: str = "local"
     trigger: Literal["schedule", "manual", "startup"] = "schedule"
+    level: Level | None = Field(None, description="full, differential or incremental (absent: full, as in 0.1)")
+    base: BackupId | None = Field(None, description="the backup this one builds on (differential and incremental)")
 
 
 BackupPhase = Literal["Running", "Succeeded", "Failed"]
@@ -68,10 +73,26 @@ class Backup(Envelope[BackupSpec, BackupStatus]):
     def completed_at(self) -> datetime | None:
         return self.status.completed_at if self.status else None
 
+    @property
+    def level(self) -> str:
+        return self.spec.level or "full"
+
+    @property
+    def base(self) -> str | None:
+        return self.spec.base
+
     def artifact(self, target: str) -> Artifact | None:
         return next(iter(self.artifacts(target)), None)
 
     def artifacts(self, target: str) -> list[Artifact]:
+        """The target's data (its snapshot file, of a chained volume backup, aside)."""
+        return [a for a in self.stored(target) if a.role is None]
+
+    def stored(self, target: str) -> list[Artifact]:
+        """Every file of the target, the snapshot included."""
         if self.status is None:
             return []
         return [a for a in self.status.artifacts if a.target == target]
+
+    def snapshot(self, target: str) -> Artifact | None:
+        return next((a for a in self.stored(target) if a.role == "snapshot"), None)

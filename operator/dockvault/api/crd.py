@@ -48,6 +48,8 @@ _KINDS: dict[type[BaseModel], tuple[str, str, list[dict[str, str]]]] = {
     Backup: ("backups", "bk", [
         _column("Policy", ".spec.policy"),
         _column("Phase", ".status.phase"),
+        _column("Level", ".spec.level"),
+        _column("Base", ".spec.base"),
         _column("Size", ".status.bytes", "integer"),
         _AGE,
     ]),

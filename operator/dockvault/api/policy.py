@@ -244,9 +244,24 @@ class DrillSpec(Schema):
     checks: list[DrillCheck] = Field(default_factory=list)
 
 
+Level = Literal["full", "differential", "incremental"]
+
+
+class LevelSpec(Schema):
+    """A schedule of partial volume backups between the full ones (spec.schedule): GNU tar's listed-incremental."""
+
+    schedule: Cron = Field(description="cron schedule of these backups, in the policy's time zone")
+
+
 class BackupPolicySpec(Schema):
     host: str = Field("local", min_length=1, description="the Docker host (operator instance) that runs this policy")
-    schedule: Cron | None = Field(None, description="cron schedule; without one the policy runs only on demand")
+    schedule: Cron | None = Field(None, description="cron schedule (full backups); without one the policy runs only "
+                                                    "on demand")
+    differential: LevelSpec | None = Field(None, description="volume backups of the changes since the last full "
+                                                             "(dumps are always full); at most one of differential "
+                                                             "and incremental")
+    incremental: LevelSpec | None = Field(None, description="volume backups of the changes since the previous backup "
+                                                            "of any level (dumps are always full)")
     timezone: Timezone = "UTC"
     objectives: Objectives = Field(default_factory=Objectives)
     targets: list[BackupTarget] = Field(min_length=1)
@@ -273,6 +288,8 @@ class BackupPolicySpec(Schema):
 
     @model_validator(mode="after")
     def _unique_target_names(self) -> BackupPolicySpec:
+        if self.differential is not None and self.incremental is not None:
+            raise ValueError("give at most one of differential and incremental")
         seen: set[str] = set()
         for target in self.targets:
             if target.name in seen:
@@ -288,6 +305,19 @@ class BackupPolicySpec(Schema):
                 raise ValueError(f"drill.checks[{index}].target: no target named {check.target!r}")
         return self
 
+    @property
+    def partial(self) -> tuple[Level, LevelSpec] | None:
+        """The schedule of differential or incremental backups, if any, with its level."""
+        if self.differential is not None:
+            return "differential", self.differential
+        if self.incremental is not None:
+            return "incremental", self.incremental
+        return None
+
+    @property
+    def volume_targets(self) -> list[str]:
+        return [t.name for t in self.targets if t.volume is not None]
+
     def target(self, name: str) -> BackupTarget | None:
         return next((t for t in self.targets if t.name == name), None)
 
@@ -302,6 +332,7 @@ class BackupRef(Schema):
     error: str | None = Field(None, description="of a failed run: temporary (retried), permanent or unexpected")
     attempt: int | None = Field(None, description="which try this was, when temporary failures were retried")
     next_retry_at: str | None = Field(None, description="when a temporary failure is tried again")
+    level: Level | None = Field(None, description="full, differential or incremental (absent: full)")
 
 
 class MeasuredRto(Schema):

@@ -18,7 +18,7 @@ from typing import Literal
 
 from ..api.policy import BackupPolicy
 from ..api.restore import RestoreRequest
-from .schedule import backup_due, drill_due, next_run
+from .schedule import backup_due, drill_due, next_slot
 from .status import Attempt
 
 JobKind = Literal["restore", "backup", "drill"]
@@ -40,6 +40,7 @@ class Job:
     reason: str
     request: str | None = None  # the RestoreRequest's key, for restores
     attempt: int = 1
+    level: str = "full"  # of a backup: full, differential or incremental (volume targets; dumps are always full)
 
     @property
     def label(self) -> str:
@@ -71,11 +72,11 @@ def retry_at(policy: BackupPolicy, *, attempt: int, failed_at: datetime, started
     A policy without a schedule (manual only) or a suspended one is not retried by itself.
     """
     spec = policy.spec
-    if spec.schedule is None or spec.suspend:
+    upcoming = next_slot(spec, started_at)
+    if upcoming is None or spec.suspend:
         return None
     at = failed_at + retry_delay(attempt)
-    slot = next_run(spec.schedule, spec.timezone, started_at)
-    return at if at < slot else None
+    return at if at < upcoming[0] else None
 
 
 def backup_job(policy: BackupPolicy, key: str, history: History, now: datetime) -> Job | None:
@@ -85,8 +86,9 @@ def backup_job(policy: BackupPolicy, key: str, history: History, now: datetime) 
     due = backup_due(policy.spec, last_attempt=max(times, default=None), now=now, retry_at=pending_retry)
     if not due.due:
         return None
-    is_retry = pending_retry is not None and due.next_at == pending_retry
-    return Job("backup", key, due.reason, attempt=last.attempt + 1 if is_retry and last else 1)
+    if pending_retry is not None and due.next_at == pending_retry and last is not None:  # the same level again
+        return Job("backup", key, due.reason, attempt=last.attempt + 1, level=last.level)
+    return Job("backup", key, due.reason, level=due.level)
 
 
 def drill_job(policy: BackupPolicy, key: str, history: History, now: datetime) -> Job | None:

@@ -116,7 +116,8 @@ def last_attempt_of(status: BackupPolicyStatus) -> Attempt | None:
     if ref is None or started is None:
         return None
     return Attempt(ref.id, ref.phase, started, parse_time(ref.completed_at), ref.bytes, ref.message,
-                   error=ref.error, attempt=ref.attempt or 1, next_retry_at=parse_time(ref.next_retry_at))
+                   error=ref.error, attempt=ref.attempt or 1, next_retry_at=parse_time(ref.next_retry_at),
+                   level=ref.level or "full")
 
 
 def measurement_of(status: BackupPolicyStatus) -> Measurement | None:

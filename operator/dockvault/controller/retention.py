@@ -11,6 +11,9 @@ reuse what they know, with deliberate differences that all err towards keeping d
 - Calendar buckets are computed in the policy's time zone, not in each snapshot's recorded offset.
 - Backups that completed after `now` (clock skew) take part in the rules as restic's do and are always kept.
 - Backups that did not succeed never take part: they are neither counted by a rule nor deleted.
+- Chains: every backup is a restore point and counts as one in the rules, whatever its level. A backup
+  that a kept differential or incremental backup builds on is kept too ("base of ID"), whatever the rules
+  say, so retention never breaks a chain.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from zoneinfo import ZoneInfo
 from ..api.backup import Backup
 from ..api.common import format_duration
 from ..api.policy import RetentionSpec
+from .chains import bases_needed
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,14 @@ def plan_retention(
             continue
         kept_by = tuple(next(reasons))
         decisions.append(Decision(backup.id, bool(kept_by), kept_by or ("matched no keep rule",)))
-    return RetentionPlan(tuple(decisions))
+    needed = bases_needed([d.backup_id for d in decisions if d.keep and not d.ignored], {b.id: b for b in ordered})
+    return RetentionPlan(tuple(_as_base(d, needed[d.backup_id]) if d.backup_id in needed else d for d in decisions))
+
+
+def _as_base(decision: Decision, dependent: str) -> Decision:
+    """Kept because `dependent`, a kept backup, builds on it (the rules' verdict stays visible when it kept it too)."""
+    reasons = decision.reasons if decision.keep else ()
+    return Decision(decision.backup_id, True, (*reasons, f"base of {dependent}"), decision.ignored)
 
 
 def _keep_reasons(times: list[datetime], rules: RetentionSpec, *, now: datetime, zone: ZoneInfo) -> list[list[str]]:

@@ -1,4 +1,9 @@
-"""When a policy's next backup is due: cron in the policy's time zone, missed runs collapsed into one."""
+"""When a policy's next backup is due, and at which level: cron in the policy's time zone, missed runs
+collapsed into one.
+
+spec.schedule times the full backups; spec.differential or spec.incremental the partial ones in between. When
+slots of both kinds passed since the last attempt, the full one wins: it covers everything a partial would.
+"""
 
 from __future__ import annotations
 
@@ -31,29 +36,49 @@ class Due:
     due: bool
     reason: str
     next_at: datetime | None  # the slot this decision is about; None when the policy never runs by itself
+    level: str = "full"  # of the scheduled run (a retry takes the failed attempt's level: see controller.jobs)
+
+
+def next_slot(spec: BackupPolicySpec, after: datetime) -> tuple[datetime, str] | None:
+    """The first slot of any level strictly after `after`, and its level (full wins a tie); None: manual only."""
+    slots = [(next_run(spec.schedule, spec.timezone, after), 0, "full")] if spec.schedule else []
+    if spec.partial is not None:
+        level, partial = spec.partial
+        slots.append((next_run(partial.schedule, spec.timezone, after), 1, level))
+    if not slots:
+        return None
+    at, _, level = min(slots)
+    return at, level
 
 
 def backup_due(spec: BackupPolicySpec, *, last_attempt: datetime | None, now: datetime,
                retry_at: datetime | None = None) -> Due:
-    """Is a scheduled backup due at `now`, given when the last one (of any outcome) started?
+    """Is a scheduled backup due at `now`, given when the last one (of any outcome and level) started?
 
-    A policy that never ran is due at once: until its first backup, its data has no protection at all.
-    After downtime, every slot missed since the last attempt collapses into one run now. A temporary failure
-    is tried again at `retry_at` (see controller.jobs.retry_at), which always lies before the next slot.
+    A policy that never ran is due at once (a full): until its first backup, its data has no protection at all.
+    After downtime, every slot missed since the last attempt collapses into one run now, a full one when a full
+    slot was among them. A temporary failure is tried again at `retry_at` (see controller.jobs.retry_at), which
+    always lies before the next slot.
     """
     if spec.suspend:
         return Due(False, "suspended", None)
-    if spec.schedule is None:
+    if spec.schedule is None and spec.partial is None:
         return Due(False, "no schedule (manual only)", None)
     if last_attempt is None:
         return Due(True, "no backup yet", now)
-    slot = next_run(spec.schedule, spec.timezone, last_attempt)
+    upcoming = next_slot(spec, last_attempt)
+    assert upcoming is not None
+    slot, level = upcoming
     if slot <= now:
-        missed = "" if next_run(spec.schedule, spec.timezone, slot) > now else " (missed slots collapsed into one run)"
-        return Due(True, f"scheduled for {slot.isoformat()}{missed}", slot)
+        if spec.schedule is not None and level != "full" and next_run(spec.schedule, spec.timezone, last_attempt) <= now:
+            slot, level = next_run(spec.schedule, spec.timezone, last_attempt), "full"
+        following = next_slot(spec, slot)
+        missed = "" if following is None or following[0] > now else " (missed slots collapsed into one run)"
+        what = "" if level == "full" else f"{level} "
+        return Due(True, f"{what}scheduled for {slot.isoformat()}{missed}", slot, level)
     if retry_at is not None and retry_at < slot:
         return Due(retry_at <= now, "retry of a temporary failure" if retry_at <= now else "waiting to retry", retry_at)
-    return Due(False, "waiting", slot)
+    return Due(False, "waiting", slot, level)
 
 
 def drill_due(spec: BackupPolicySpec, *, last_drill: datetime | None, has_backup: bool, now: datetime) -> Due:

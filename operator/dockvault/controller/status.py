@@ -27,12 +27,13 @@ class Attempt:
     error: str | None = None  # for a Failed run: "temporary", "permanent" or "unexpected" (see controller.jobs)
     attempt: int = 1  # 1 for a first try; n for the (n-1)th retry of a temporary failure
     next_retry_at: datetime | None = None  # when a temporary failure is tried again; None: at the next slot
+    level: str = "full"  # full, differential or incremental
 
     def ref(self) -> BackupRef:
         return BackupRef(id=self.backup_id, phase=self.phase, started_at=iso(self.started_at),
                          completed_at=iso(self.completed_at), bytes=self.bytes, message=self.message,
                          error=self.error, attempt=self.attempt if self.attempt > 1 or self.next_retry_at else None,
-                         next_retry_at=iso(self.next_retry_at))
+                         next_retry_at=iso(self.next_retry_at), level=None if self.level == "full" else self.level)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -47,8 +47,10 @@ MIGRATIONS = (
     ("attempts", "next_retry_at", "TEXT"),
     ("quiesced", "policy", "TEXT"),
     ("quiesced", "halted_at", "TEXT"),
+    ("attempts", "level", "TEXT NOT NULL DEFAULT 'full'"),
 )
-ATTEMPT_COLUMNS = "backup_id, phase, started_at, completed_at, bytes, message, trigger, error, attempt, next_retry_at"
+ATTEMPT_COLUMNS = ("backup_id, phase, started_at, completed_at, bytes, message, trigger, error, attempt, next_retry_at, "
+                   "level")
 
 
 class StateLocked(RuntimeError):
@@ -96,17 +98,18 @@ class StateStore:
     # --- backup attempts ---------------------------------------------------------------------
     def record_attempt(self, policy: str, attempt: Attempt) -> None:
         self._run(
-            f"INSERT OR REPLACE INTO attempts (policy, {ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO attempts (policy, {ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (policy, attempt.backup_id, attempt.phase, attempt.started_at.isoformat(),
              attempt.completed_at.isoformat() if attempt.completed_at else None, attempt.bytes, attempt.message,
              attempt.trigger, attempt.error, attempt.attempt,
-             attempt.next_retry_at.isoformat() if attempt.next_retry_at else None),
+             attempt.next_retry_at.isoformat() if attempt.next_retry_at else None, attempt.level),
         )
 
     @staticmethod
     def _attempt(row: tuple) -> Attempt:
-        bid, phase, started, completed, size, message, trigger, error, number, retry = row
-        return Attempt(bid, phase, _dt(started), _dt(completed), size, message, trigger, error, number or 1, _dt(retry))
+        bid, phase, started, completed, size, message, trigger, error, number, retry, level = row
+        return Attempt(bid, phase, _dt(started), _dt(completed), size, message, trigger, error, number or 1, _dt(retry),
+                       level or "full")
 
     def last_attempt(self, policy: str) -> Attempt | None:
         rows = self._run(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE policy=? "
@@ -122,7 +125,7 @@ class StateStore:
         for backup in backups:
             st = backup.status
             self.record_attempt(policy, Attempt(backup.id, st.phase, st.started_at, st.completed_at, st.bytes, None,
-                                                backup.spec.trigger))
+                                                backup.spec.trigger, level=backup.level))
 
     # --- restores ----------------------------------------------------------------------------
     def restore_status(self, name: str, spec_hash: str) -> RestoreRequestStatus | None:

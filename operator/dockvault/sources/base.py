@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from ..api.backup import Artifact
 from ..api.policy import BackupTarget, CompressionSpec, DrillCheck
@@ -49,6 +49,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class Increment:
+    """A chained volume backup (GNU tar's listed-incremental): its level and, unless it is a full, the base's
+    snapshot file per volume target (size, content), from which tar finds what changed."""
+
+    level: str
+    snapshots: Mapping[str, tuple[int, BinaryIO]] = field(default_factory=dict)
+
+
 @dataclass
 class BackupContext:
     policy: str
@@ -62,6 +71,7 @@ class BackupContext:
     journal: Journal | None = None
     record_tables: bool = False  # rows per table, for restore drills (costs a count of every table)
     recipients: list[str] | None = None  # age public keys: artifacts are encrypted to them after compression
+    increment: Increment | None = None  # None: plain full archives, no snapshot files (a policy without levels)
 
     def labels(self, target: str) -> dict[str, str]:
         return job_labels(policy=self.policy, target=target, job=self.job_id)

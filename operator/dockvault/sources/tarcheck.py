@@ -3,14 +3,15 @@
 Refused: absolute paths, `..` components, hard links outside the root, symlinks whose relative target
 climbs out of the root, members reached through a symlink of the same archive, and device nodes.
 Absolute symlink targets are kept: they point into whatever container mounts the volume, as they did
-in the original, and nothing is ever extracted through them.
+in the original, and nothing is ever extracted through them. Listed-incremental directory listings
+(GNU.dumpdir: what tar keeps, deletes and renames) must name plain entries and paths inside the root.
 """
 
 from __future__ import annotations
 
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from .tarstream import DATA_TYPES, Member, UnsafeArchive, tar_events
 
@@ -33,6 +34,22 @@ class _Checker:
         self.symlinks: set[str] = set()
         self.members = 0
 
+    def _check_dumpdir(self, name: str, info: tarfile.TarInfo, dumpdir: str) -> None:
+        """A listed-incremental directory's contents list: tar deletes what it does not name and renames
+        directories from R to T records, so each name must stay inside the directory, each path inside the root."""
+        if info.type != tarfile.DIRTYPE:
+            raise UnsafeArchive(f"member {name!r} carries a directory listing (GNU.dumpdir) but is no directory")
+        for record in filter(None, dumpdir.split("\0")):
+            code, entry = record[0], record[1:]
+            if code in "YND":
+                if "/" in entry or entry in ("", ".", ".."):
+                    raise UnsafeArchive(f"directory {name!r} lists the entry {entry!r}, which is not a plain name")
+            elif code in "RTX":
+                if entry:  # an empty X record is allowed: "no temporary name"
+                    self._not_through_symlink(_clean(entry), f"directory {name!r} renames {entry!r}")
+            else:
+                raise UnsafeArchive(f"directory {name!r} has an unknown listing record {record[:20]!r}")
+
     def _not_through_symlink(self, path: str, what: str) -> None:
         parent = posixpath.dirname(path)
         while parent:
@@ -40,8 +57,10 @@ class _Checker:
                 raise UnsafeArchive(f"{what} through the symlink {parent!r}")
             parent = posixpath.dirname(parent)
 
-    def check(self, info: tarfile.TarInfo, name: str, linkname: str) -> None:
+    def check(self, info: tarfile.TarInfo, name: str, linkname: str, pax: Mapping[str, str] | None = None) -> None:
         path = _clean(name)
+        if pax and "GNU.dumpdir" in pax:
+            self._check_dumpdir(name, info, pax["GNU.dumpdir"])
         if info.type in _REFUSED_TYPES:
             raise UnsafeArchive(f"member {name!r} is a {_REFUSED_TYPES[info.type]}")
         if info.type not in _PLAIN_TYPES:
@@ -64,10 +83,17 @@ class _Checker:
         self.members += 1
 
 
-def checked_tar(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Forward a tar stream unchanged, raising UnsafeArchive before the first byte of a bad member."""
-    checker = _Checker()
+def checked_tar(chunks: Iterable[bytes], checker: _Checker | None = None) -> Iterator[bytes]:
+    """Forward a tar stream unchanged, raising UnsafeArchive before the first byte of a bad member.
+
+    The archives of one chain (a full, then differentials or incrementals) share a `checker` (new_checker()), so
+    a later archive cannot write through a symlink an earlier one left."""
+    checker = checker or _Checker()
     for event in tar_events(chunks):
         if isinstance(event, Member):
-            checker.check(event.info, event.name, event.linkname)
+            checker.check(event.info, event.name, event.linkname, event.pax)
         yield event.raw
+
+
+def new_checker() -> _Checker:
+    return _Checker()

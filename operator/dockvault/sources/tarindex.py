@@ -54,9 +54,44 @@ class TreeIndex:
         return found[:limit] + ([f"... and {len(found) - limit} more"] if len(found) > limit else [])
 
 
+def dumpdir_entries(member: Member) -> list[tuple[str, str]] | None:
+    """A directory's GNU.dumpdir (listed-incremental archives): (code, name) records, None when it has none.
+
+    Codes: Y (in this archive), N (unchanged, kept from before), D (a directory), R and T (a directory renamed
+    from R to T, both paths from the archive root) and X (a temporary name used by such renames).
+    """
+    text = member.pax.get("GNU.dumpdir")
+    if text is None:
+        return None
+    return [(record[0], record[1:]) for record in text.split("\0") if record]
+
+
 def tree_index(chunks: Iterable[bytes]) -> TreeIndex:
+    return chain_index([chunks])
+
+
+def chain_index(archives: Iterable[Iterable[bytes]]) -> TreeIndex:
+    """The tree that extracting `archives` in order gives (`tar --listed-incremental=/dev/null -x` each): a
+    directory with a dumpdir first takes its renames, then loses every entry its dumpdir does not name."""
     index = TreeIndex()
     links: dict[str, str] = {}
+    for chunks in archives:
+        _apply(index, links, chunks)
+    groups: dict[str, set[str]] = {}
+    for path, target in links.items():
+        if target in index.entries:
+            index.entries[path] = index.entries[target]
+        groups.setdefault(target, {target}).add(path)
+    index.hardlinks = {frozenset(group) for group in groups.values()}
+    return index
+
+
+def _subtree(mapping: dict[str, object], path: str) -> list[str]:
+    prefix = "" if path == "." else path + "/"
+    return [p for p in mapping if p != "." and (p == path or p.startswith(prefix))]
+
+
+def _apply(index: TreeIndex, links: dict[str, str], chunks: Iterable[bytes]) -> None:
     digest, current = None, None
     for event in tar_events(chunks):
         if isinstance(event, Data):
@@ -70,16 +105,31 @@ def tree_index(chunks: Iterable[bytes]) -> TreeIndex:
         if isinstance(event, End):
             break
         info, path = event.info, _path(event.name)
+        dumpdir = dumpdir_entries(event) if info.type == tarfile.DIRTYPE else None
+        if dumpdir is not None:
+            _take_dumpdir(index, links, path, dumpdir)
+        for stale in _subtree(links, path) if info.type != tarfile.DIRTYPE else ():
+            del links[stale]
         if info.type == tarfile.LNKTYPE:
+            index.entries.pop(path, None)
             links[path] = _path(event.linkname)
             continue
         target = event.linkname if info.type == tarfile.SYMTYPE else ""
         index.entries[path] = (info.type.decode(), info.mode, info.uid, info.gid, event.size, _mtime_ns(event), target)
         if event.size or info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
             digest, current = hashlib.sha256(), path
-    groups: dict[str, set[str]] = {}
-    for path, target in links.items():
-        index.entries[path] = index.entries[target]
-        groups.setdefault(target, {target}).add(path)
-    index.hardlinks = {frozenset(group) for group in groups.values()}
-    return index
+
+
+def _take_dumpdir(index: TreeIndex, links: dict[str, str], path: str, dumpdir: list[tuple[str, str]]) -> None:
+    renames = [(_path(a[1]), _path(b[1])) for a, b in zip(dumpdir, dumpdir[1:]) if a[0] == "R" and b[0] == "T"]
+    for old, new in renames:
+        for mapping in (index.entries, links):
+            for moved in _subtree(mapping, old):
+                mapping[new + moved[len(old):]] = mapping.pop(moved)  # type: ignore[index]
+    named = {name for code, name in dumpdir if code in "YND"}
+    prefix = "" if path == "." else path + "/"
+    for mapping in (index.entries, links):
+        for child in [p for p in mapping if p.startswith(prefix) and p != path and "/" not in p[len(prefix):]]:
+            if child[len(prefix):] not in named:
+                for gone in _subtree(mapping, child):
+                    del mapping[gone]  # type: ignore[arg-type]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from ..api.backup import Artifact
 from ..api.policy import BackupTarget, DrillCheck
@@ -11,8 +13,8 @@ from ..engine.core import CONTROL, LABEL_DRILL, STREAM, Engine, EngineError, Hel
 from ..engine.fifo import PeerGone
 from ..engine.quiesce import Journal, quiesced
 from .base import BackupContext, Opener, RestoreContext, RestoreRefused, SourceError
-from .tarcheck import checked_tar
-from .tarindex import tree_index
+from .tarcheck import checked_tar, new_checker
+from .tarindex import chain_index, tree_index
 from .tarstream import EndMarker
 
 kind = "volume"
@@ -25,18 +27,30 @@ TAR_CREATE = ["tar", "--create", "--file", STREAM, "--format=posix", "--pax-opti
               "--record-size=1M", "--numeric-owner", "--directory", SOURCE_MOUNT, "."]
 # GNU tar exits 1 when a file changed while it was read: the archive is complete, the file may be torn.
 TAR_CHANGED = 1
+# Chained backups (spec.differential / spec.incremental): tar's snapshot file lives in the helper's /tmp, is
+# copied in from the base backup and out into the repository. The volume is mounted into a new helper each
+# time, maybe on another device number (an engine restart, another host): --no-check-device keeps tar from
+# taking every directory for new.
+SNAPSHOT = "/tmp/dockvault.snar"
+LISTED = [f"--listed-incremental={SNAPSHOT}", "--no-check-device"]
+SNAPSHOT_SPOOL = 8 << 20  # bytes of a snapshot file held in memory; the rest spools to disk
 
 # Extract into a staging folder inside the volume, then swap it in only when dockvault says "commit",
-# so a refused or broken archive never replaces what the volume held.
+# so a refused or broken archive never replaces what the volume held. A chain (a full, then differentials or
+# incrementals) is extracted into the same staging folder by one helper per archive: step first|next keeps
+# the folder on "next"; step last|only swaps it in on "commit". Extra arguments go to tar (the chain's
+# --listed-incremental=/dev/null, which deletes what a later backup no longer had).
 RESTORE_SCRIPT = r"""
 set -eu
-stage="/target/$1" stream="$2" control="$3"
+stage="/target/$1" before="/target/$1.before" stream="$2" control="$3" step="$4"
+shift 4
 [ -p "$control" ] || mkfifo "$control"
-touch -r /target /tmp/.dockvault-before
-trap 'rm -rf -- "$stage"; touch -r /tmp/.dockvault-before /target' EXIT
-mkdir -- "$stage"
-tar --extract --read-full-records --file "$stream" --directory "$stage" --numeric-owner --same-owner --same-permissions
+case "$step" in first|only) touch -r /target /tmp/.dockvault-before ;; *) touch -r "$before" /tmp/.dockvault-before ;; esac
+trap 'rm -rf -- "$stage" "$before"; touch -r /tmp/.dockvault-before /target' EXIT
+case "$step" in first|only) mkdir -- "$stage"; touch -r /tmp/.dockvault-before "$before" ;; esac
+tar --extract --read-full-records --file "$stream" --directory "$stage" --numeric-owner --same-owner --same-permissions "$@"
 read -r decision < "$control"
+case "$step" in first|next) [ "$decision" = next ] || exit 3; trap - EXIT; exit 0 ;; esac
 [ "$decision" = commit ] || exit 3
 touch -r "$stage" /tmp/.dockvault-mtime
 find /target -mindepth 1 -maxdepth 1 ! -path "$stage" -exec rm -rf -- {} +
@@ -50,20 +64,28 @@ touch -r /tmp/.dockvault-mtime /target
 
 
 def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], notes: list[str],
-             journal: Journal | None = None) -> Iterator[bytes]:
+             journal: Journal | None = None, *, snapshot: BinaryIO | None = None,
+             base: tuple[int, BinaryIO] | None = None) -> Iterator[bytes]:
+    """The volume's tar stream. With `snapshot`, a listed-incremental archive: changes since `base` (the base
+    backup's snapshot file; none: everything, level 0), and tar's new snapshot file is written to `snapshot`."""
     if not engine.volume_exists(volume):
         raise SourceError(f"volume {volume!r} does not exist on the Docker host")
     end = EndMarker()
     opened = True
     engine.transport  # noqa: B018 - chosen (a probe may run) before anything is quiesced, not while it waits
     with quiesced(engine, volume, quiesce, journal):
-        with engine.helper(TAR_CREATE, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels) as helper:
+        command = TAR_CREATE[:-3] + LISTED + TAR_CREATE[-3:] if snapshot is not None else TAR_CREATE
+        with engine.helper(command, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels,
+                           files={SNAPSHOT: base} if base is not None else None) as helper:
             try:
                 yield from end.watch(helper.read())
             except PeerGone:
                 opened = False  # the exit code below says why, or the checks after it
             result = helper.wait()
             pipes = str(helper.pipe_dir)
+            if snapshot is not None and opened and end.seen and result.exit_code in (0, TAR_CHANGED):
+                for block in helper.fetch(SNAPSHOT):
+                    snapshot.write(block)
     # The archive is published only when tar exited 0 (or 1: a file changed), the helper wrote into our
     # stream, and the stream itself ends with tar's end-of-archive marker.
     if result.exit_code not in (0, TAR_CHANGED):
@@ -83,16 +105,38 @@ def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], 
 
 
 def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
+    """The volume as one tar archive; in a chained policy, also tar's snapshot file (the next run's base)."""
     spec = target.volume
     assert spec is not None
     notes: list[str] = []
     details = {"volume": spec.name, "quiesce": spec.quiesce, "helperImage": ctx.engine.helper_image,
                "helperImageId": ctx.engine.helper_image_id(), "format": "tar (POSIX pax)"}
-    chunks = _archive(ctx.engine, spec.name, spec.quiesce, ctx.labels(target.name), notes, ctx.journal)
+    increment = ctx.increment
+    if increment is None:
+        chunks = _archive(ctx.engine, spec.name, spec.quiesce, ctx.labels(target.name), notes, ctx.journal)
+        return [_published(ctx, target, chunks, details, notes)]
+    details |= {"format": "tar (POSIX pax, GNU listed-incremental)", "level": increment.level}
+    with tempfile.SpooledTemporaryFile(SNAPSHOT_SPOOL) as snapshot:
+        chunks = _archive(ctx.engine, spec.name, spec.quiesce, ctx.labels(target.name), notes, ctx.journal,
+                          snapshot=snapshot, base=increment.snapshots.get(target.name))  # type: ignore[arg-type]
+        archive = _published(ctx, target, chunks, details, notes)
+        snapshot.seek(0)
+        snar = ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.snar",
+                           chunks=_blocks(snapshot), details={"snapshotOf": archive.file})
+    return [archive, snar.model_copy(update={"role": "snapshot"})]
+
+
+def _blocks(file: BinaryIO) -> Iterator[bytes]:
+    while block := file.read(1 << 20):
+        yield block
+
+
+def _published(ctx: BackupContext, target: BackupTarget, chunks: Iterator[bytes], details: dict[str, str],
+               notes: list[str]) -> Artifact:
     artifact = ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.tar", chunks=chunks, details=details)
     if notes:
         artifact = artifact.model_copy(update={"details": {**artifact.details, "warning": "; ".join(notes)[:500]}})
-    return [artifact]
+    return artifact
 
 
 def _abort(helper: Helper) -> None:
@@ -108,11 +152,17 @@ def _abort(helper: Helper) -> None:
 
 
 def artifacts_for(artifacts: list[Artifact], destination: RestoreTarget) -> list[Artifact]:
-    return artifacts[:1]
+    return artifacts  # one archive per backup: of a chain, the full first and each later archive in order
+
+
+def _step(position: int, count: int) -> str:
+    if count == 1:
+        return "only"
+    return "first" if position == 0 else "last" if position == count - 1 else "next"
 
 
 def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext) -> None:
-    ((_, opener),) = streams
+    """Extract the archive (or the chain's archives, in order) into a staging folder, then swap it in."""
     spec = destination.volume
     assert spec is not None
     engine = ctx.engine
@@ -126,41 +176,68 @@ def restore(destination: RestoreTarget, streams: list[tuple[Artifact, Opener]], 
     else:
         engine.create_volume(spec.name, ctx.labels(destination.from_))
     stage = f".dockvault-restore-{ctx.job_id}"
+    listed = ["--listed-incremental=/dev/null"] if any("level" in a.details for a, _ in streams) else []
+    checker = new_checker()
+    kept = False  # a staging folder that a finished step left for the next one
     try:
-        with engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", stage, STREAM, CONTROL], volume=spec.name,
-                           mount=TARGET_MOUNT, read_only=False, labels=ctx.labels(destination.from_),
-                           stdin=True) as helper:
-            try:
-                with helper.writer() as out:
-                    for block in checked_tar(ctx.stream(opener)):
-                        out.write(block)
-                helper.decide("commit")
-            except (PeerGone, BrokenPipeError, ConnectionResetError):
-                pass  # the helper's tar stopped reading: its exit code and message follow
-            except BaseException:
-                _abort(helper)
-                raise
-            result = helper.wait()
-        if result.exit_code != 0:
-            raise SourceError(f"extracting into volume {spec.name!r} failed (exit {result.exit_code}): {result.stderr}")
+        for position, (_, opener) in enumerate(streams):
+            step = _step(position, len(streams))
+            kept = _extract(engine, spec.name, destination.from_, ctx, opener, checker,
+                            [stage, STREAM, CONTROL, step, *listed])
     except BaseException:
         if not existed:
             engine.remove_volume(spec.name)
+        elif kept:
+            _drop_stage(engine, spec.name, stage, ctx.labels(destination.from_))
         raise
     if not existed:
         ctx.notes.append(f"created volume {spec.name}")
+    if len(streams) > 1:
+        ctx.notes.append(f"{destination.from_}: restored a chain of {len(streams)} archives")
+
+
+def _extract(engine: Engine, volume: str, target: str, ctx: RestoreContext, opener: Opener, checker,
+             arguments: list[str]) -> bool:
+    """One archive into the staging folder; True when the folder stays for the next step."""
+    last = arguments[3] in ("last", "only")
+    with engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", *arguments], volume=volume, mount=TARGET_MOUNT,
+                       read_only=False, labels=ctx.labels(target), stdin=True) as helper:
+        try:
+            with helper.writer() as out:
+                for block in checked_tar(ctx.stream(opener), checker):
+                    out.write(block)
+            helper.decide("commit" if last else "next")
+        except (PeerGone, BrokenPipeError, ConnectionResetError):
+            pass  # the helper's tar stopped reading: its exit code and message follow
+        except BaseException:
+            _abort(helper)
+            raise
+        result = helper.wait()
+    if result.exit_code != 0:
+        raise SourceError(f"extracting into volume {volume!r} failed (exit {result.exit_code}): {result.stderr}")
+    return not last
+
+
+def _drop_stage(engine: Engine, volume: str, stage: str, labels: dict[str, str]) -> None:
+    """Remove a staging folder a finished step left when a later one could not start (best effort)."""
+    try:
+        with engine.helper(["sh", "-c", 'touch -r "/target/$1.before" /tmp/b && rm -rf -- "/target/$1" '
+                            '"/target/$1.before" && touch -r /tmp/b /target', "sh", stage],
+                           volume=volume, mount=TARGET_MOUNT, read_only=False, labels=labels) as helper:
+            helper.wait(timeout=120)
+    except Exception:  # noqa: BLE001 - the restore failed already; its error is the one to report
+        pass
 
 
 def drill(target: BackupTarget, streams: list[tuple[Artifact, Opener]], ctx: RestoreContext,
           checks: list[DrillCheck]) -> None:
     """Restore into a scratch volume, archive that again, and compare it path by path with the backup."""
-    (artifact, opener), *_ = streams
     scratch = f"dockvault-drill-{ctx.job_id}-{target.name}"
     ctx.engine.create_volume(scratch, {**ctx.labels(target.name), LABEL_DRILL: "true"})
     try:
         destination = RestoreTarget.model_validate({"from": target.name, "volume": {"name": scratch, "overwrite": True}})
-        restore(destination, [(artifact, opener)], ctx)
-        expected = tree_index(ctx.stream(opener))
+        restore(destination, streams, ctx)
+        expected = chain_index(ctx.stream(opener) for _, opener in streams)
         restored = tree_index(_archive(ctx.engine, scratch, "none", ctx.labels(target.name), []))
         problems = expected.differences(restored)
         if problems:
