@@ -38,10 +38,12 @@ def _docker(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 @contextlib.contextmanager
 def _engine(image: str, first_host: str, timeout: float, root: Path, daemon_args: Sequence[str] = (),
-            probe_args: Sequence[str] = (), timings: dict[str, float] | None = None) -> Iterator[str]:
+            probe_args: Sequence[str] = (), timings: dict[str, float] | None = None, *,
+            keep_root: bool = False) -> Iterator[str]:
     """Start a dockerd in `root`, wait until `docker -H <its socket> version` (and `docker *probe_args version`)
     answer, load `image` from the engine at `first_host`, yield the socket's DOCKER_HOST; then stop and remove.
-    `timings` gets "ready" (seconds until the probes answered) and "loaded" (seconds to copy the image)."""
+    `timings` gets "ready" (seconds until the probes answered) and "loaded" (seconds to copy the image).
+    With `keep_root`, its data (images, volumes) stays in `root` for the next dockerd started there: a restart."""
     timings = {} if timings is None else timings
     started = time.monotonic()
     if shutil.which("dockerd") is None:
@@ -64,14 +66,16 @@ def _engine(image: str, first_host: str, timeout: float, root: Path, daemon_args
                                        f"{(root / 'dockerd.log').read_text(errors='replace')[-2000:]}")
                 time.sleep(0.2)
         timings["ready"] = time.monotonic() - started
-        save = subprocess.Popen(["docker", "-H", first_host, "save", image], stdout=subprocess.PIPE, env=_cli_env())
-        _docker("-H", host, "load", "-q", stdin=save.stdout, check=True, timeout=300)
-        save.wait(60)
+        if _docker("-H", host, "image", "inspect", image, timeout=30).returncode != 0:
+            save = subprocess.Popen(["docker", "-H", first_host, "save", image], stdout=subprocess.PIPE,
+                                    env=_cli_env())
+            _docker("-H", host, "load", "-q", stdin=save.stdout, check=True, timeout=300)
+            save.wait(60)
         timings["loaded"] = time.monotonic() - started - timings["ready"]
         yield host
     finally:
         ids = _docker("-H", host, "ps", "-aq", text=True, timeout=30).stdout.split()
-        if ids:
+        if ids and not keep_root:
             _docker("-H", host, "rm", "-f", *ids, timeout=60)
         daemon.terminate()
         try:
@@ -84,11 +88,23 @@ def _engine(image: str, first_host: str, timeout: float, root: Path, daemon_args
                   if line.split()[4].startswith(f"{root}/")]
         for mount in sorted(mounts, reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep_root:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _new_root() -> Path:
     return Path(tempfile.mkdtemp(prefix="dv2.", dir="/tmp"))  # short: unix socket paths are limited
+
+
+@contextlib.contextmanager
+def restartable_engine(image: str, first_host: str, timeout: float = 90.0) -> Iterator[tuple[Path, str]]:
+    """The root of an engine to start, stop and start again (`_engine(..., root, keep_root=True)`), removed at the
+    end, and the host to load `image` from."""
+    root = _new_root()
+    try:
+        yield root, first_host
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

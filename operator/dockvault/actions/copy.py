@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from ..api.backup import Backup
 from ..api.policy import BackupPolicy, CopySpec, CopyStatus
+from ..controller.chains import chain_of
 from ..controller.retention import plan_retention
 from ..controller.status import iso
 from ..credentials import SecretError, mask
@@ -80,12 +81,17 @@ def sync_copy(policy: BackupPolicy, primary: Repository, copy: CopySpec, *, now:
         good = [b for b in primary.backups(policy.name) if b.succeeded]
         wanted = plan_retention([*have.values(), *(b for b in good if b.id not in have)], retention, now=started,
                                 tz=policy.spec.timezone).keep
-        for backup in sorted(good, key=lambda b: b.status.started_at, reverse=True):  # newest first
-            if backup.id in have or backup.id not in wanted:
+        by_id = {b.id: b for b in good}
+        for newest in sorted(good, key=lambda b: b.status.started_at, reverse=True):  # newest first
+            if newest.id in have or newest.id not in wanted:
                 continue
-            copy_backup(primary, destination, backup, cancel)
-            outcome.copied.append(backup.id)
-            log.info("copy %s: backup %s/%s copied", copy.name, policy.name, backup.id)
+            for backup in chain_of(newest, by_id):  # a chain's links before it, so the copy never holds a broken one
+                if backup.id in have:
+                    continue
+                copy_backup(primary, destination, backup, cancel)
+                have[backup.id] = backup
+                outcome.copied.append(backup.id)
+                log.info("copy %s: backup %s/%s copied", copy.name, policy.name, backup.id)
         mine = [b for b in destination.backups(policy.name) if b.spec.host == policy.spec.host]  # not another host's
         plan = plan_retention(mine, retention, now=started, tz=policy.spec.timezone)
         for backup_id in plan.delete:
