@@ -109,7 +109,8 @@ class Site:
                             self.database)
             else:
                 server.mysql(f"CREATE DATABASE `{self.database}`")
-                server.mysql("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(64)) ENGINE=InnoDB; "
+                server.mysql("SET SESSION max_recursive_iterations = 200000; "
+                             "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(64)) ENGINE=InnoDB; "
                              "INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s "
                              "WHERE i < 100000) SELECT i, md5(i) FROM s", self.database)
             targets = [{"name": "db", self.kind.replace("mariadb", "mysql"):
@@ -277,7 +278,7 @@ class Site:
             tally.bad("corrupt", len(stray), f"{kind}: objects outside any listed backup {when}: {stray}")
         helpers = self.client.containers.list(all=True, filters={"label": f"dockvault.io/policy={self.policy}"})
         tally.bad("leftovers", len(helpers), f"{kind}: helper containers {when}: {[c.name for c in helpers]}")
-        scratch = self.client.volumes.list(filters={"label": f"dockvault.io/policy={self.policy}"})
+        scratch = self.client.volumes.list(filters={"label": ["dockvault.io/drill", f"dockvault.io/policy={self.policy}"]})
         tally.bad("leftovers", len(scratch), f"{kind}: scratch volumes {when}: {[v.name for v in scratch]}")
         for app in self.apps:
             app.reload()
