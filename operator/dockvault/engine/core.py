@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -10,7 +11,7 @@ import socket
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -168,6 +169,21 @@ class Helper:
         if result.exit_code != 0:
             raise OSError(f"cannot reach the helper's control channel: {result.stderr or result.exit_code}")
 
+    def fetch(self, path: str) -> Iterator[bytes]:
+        """The content of file `path` inside the helper (running or exited), streamed from the engine."""
+        try:
+            chunks, _ = self.container.get_archive(path)
+            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as archive:
+                member = archive.next()
+                content = archive.extractfile(member) if member is not None else None
+                if content is None:
+                    raise EngineError(f"{path} in helper {self.container.name} is not a regular file")
+                while block := content.read(1 << 20):
+                    yield block
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot read {path} from helper {self.container.name}: {exc.explanation or exc}",
+                              temporary=_temporary_docker_error(exc)) from exc
+
     def wait(self, timeout: float | None = None) -> HelperResult:
         if self._process is not None:
             result = self._process.result(timeout=timeout if timeout is not None else 24 * 3600)
@@ -175,6 +191,42 @@ class Helper:
         result = self.container.wait(timeout=timeout)
         stderr = self.container.logs(stdout=False, stderr=True).decode("utf-8", "replace").strip()
         return HelperResult(int(result.get("StatusCode", -1)), stderr[-2000:])
+
+
+class _ChunkReader(io.RawIOBase):
+    """An iterator of byte chunks as a readable file (for tarfile's stream mode)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._rest:
+            self._rest = next(self._chunks, b"")
+            if not self._rest:
+                return 0
+        n = min(len(buffer), len(self._rest))
+        buffer[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
+def _single_file_tar(name: str, size: int, content: BinaryIO) -> Iterator[bytes]:
+    """A tar stream of one file, `size` bytes read from `content`, for put_archive (never held whole in memory)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, 0o600
+    yield info.tobuf(format=tarfile.PAX_FORMAT)
+    left = size
+    while left:
+        block = content.read(min(left, 1 << 20))
+        if not block:
+            raise EngineError(f"{name}: the file ended {left} bytes early")
+        left -= len(block)
+        yield block
+    yield b"\0" * (-size % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
 class _ExecInput:
@@ -360,11 +412,14 @@ class Engine:
         read_only: bool,
         labels: Mapping[str, str],
         stdin: bool = False,
+        files: Mapping[str, tuple[int, BinaryIO]] | None = None,
     ) -> Iterator[Helper]:
         """Run a short-lived helper with `volume` at `mount`; it is removed afterwards whatever happens.
 
         `command` names its data stream STREAM (read when `stdin`, else written) and its control channel
         CONTROL; they become FIFO paths or, on the api transport, "-" (stdin/stdout) and a FIFO in the container.
+        `files` (absolute path: size and content) are copied into the helper before it starts; `Helper.fetch`
+        reads files back.
         """
         self.helper_image_id()
         api = self.transport == "api"
@@ -381,6 +436,10 @@ class Engine:
             container = self.client.containers.create(
                 self.helper_image, ["sleep", "infinity"] if api else argv, entrypoint=[], labels=dict(labels),
                 network_mode="none", user="0:0", working_dir="/", volumes=volumes)
+            for path, (size, content) in (files or {}).items():
+                folder, name = os.path.split(path)
+                if not container.put_archive(folder, _single_file_tar(name, size, content)):
+                    raise EngineError(f"cannot copy {path} into the helper for volume {volume!r}")
             container.start()
             if api:
                 with ExecProcess(self.client, container.id, argv, stdin=stdin) as process:
