@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import socket
+import tarfile
 import tempfile
 import threading
 import uuid
@@ -214,6 +215,14 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
+def _remove_pipe_dir(container: Container) -> None:
+    """The temp folder (FIFOs or probe file) a killed dockvault made for this helper: its bind mount at PIPE_MOUNT."""
+    for mount in container.attrs.get("Mounts") or []:
+        source = mount.get("Source") or ""
+        if mount.get("Destination") == PIPE_MOUNT and Path(source).name.startswith(("dockvault-pipe-", "dockvault-probe-")):
+            shutil.rmtree(source, ignore_errors=True)
+
+
 def _single_file_tar(name: str, size: int, content: BinaryIO) -> Iterator[bytes]:
     """A tar stream of one file, `size` bytes read from `content`, for put_archive (never held whole in memory)."""
     info = tarfile.TarInfo(name)
@@ -257,14 +266,6 @@ class _ExecInput:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _remove_pipe_dir(container: Container) -> None:
-    """The temp folder (FIFOs or probe file) a killed dockvault made for this helper: its bind mount at PIPE_MOUNT."""
-    for mount in container.attrs.get("Mounts") or []:
-        source = mount.get("Source") or ""
-        if mount.get("Destination") == PIPE_MOUNT and Path(source).name.startswith(("dockvault-pipe-", "dockvault-probe-")):
-            shutil.rmtree(source, ignore_errors=True)
 
 
 class Engine:
