@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
@@ -113,7 +115,12 @@ def _controller(config_dir: Path, state_dir: Path, helper_image: str, max_parall
     from .frontends.standalone import Controller
     from .engine.core import Engine
     from .frontends.state import StateStore
-    return Controller(config_dir=config_dir, state=StateStore(state_dir),
+    try:
+        state = StateStore(state_dir)
+    except (OSError, sqlite3.Error) as exc:
+        full = state_dir.is_dir() and shutil.disk_usage(state_dir).free < (1 << 20)
+        raise _fail(f"cannot use the state dir {state_dir}: {exc}" + ("; the disk is full: free some space" if full else "")) from None
+    return Controller(config_dir=config_dir, state=state,
                       engine=lambda: Engine.from_env(helper_image=helper_image), max_parallel=max_parallel, host=host)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from ..api.backup import Backup
 from ..api.policy import LocalStorage
 from ..api.restore import RestoreRequestStatus
-from .base import MANIFEST, TEMP_SUFFIX, BackupIdTaken, manifest_chunks
+from .base import MANIFEST, TEMP_SUFFIX, BackupIdTaken, StorageError, manifest_chunks
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             os.fsync(out.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(f"the disk is full: cannot write {path} ({exc.strerror})") from exc
         raise
 
 
