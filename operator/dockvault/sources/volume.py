@@ -39,17 +39,20 @@ SNAPSHOT_SPOOL = 8 << 20  # bytes of a snapshot file held in memory; the rest sp
 # so a refused or broken archive never replaces what the volume held. A chain (a full, then differentials or
 # incrementals) is extracted into the same staging folder by one helper per archive: step first|next keeps
 # the folder on "next"; step last|only swaps it in on "commit". Extra arguments go to tar (the chain's
-# --listed-incremental=/dev/null, which deletes what a later backup no longer had).
+# --listed-incremental=/dev/null, which deletes what a later backup no longer had). The script holds the control
+# FIFO open (fd 3) from its start: a verdict written before it reaches `read` (the api transport's decide
+# opens the FIFO, writes and closes at once) stays in the pipe instead of vanishing with the last opener.
 RESTORE_SCRIPT = r"""
 set -eu
 stage="/target/$1" before="/target/$1.before" stream="$2" control="$3" step="$4"
 shift 4
 [ -p "$control" ] || mkfifo "$control"
+exec 3<>"$control"
 case "$step" in first|only) touch -r /target /tmp/.dockvault-before ;; *) touch -r "$before" /tmp/.dockvault-before ;; esac
 trap 'rm -rf -- "$stage" "$before"; touch -r /tmp/.dockvault-before /target' EXIT
 case "$step" in first|only) mkdir -- "$stage"; touch -r /tmp/.dockvault-before "$before" ;; esac
 tar --extract --read-full-records --file "$stream" --directory "$stage" --numeric-owner --same-owner --same-permissions "$@"
-read -r decision < "$control"
+read -r decision <&3
 case "$step" in first|next) [ "$decision" = next ] || exit 3; trap - EXIT; exit 0 ;; esac
 [ "$decision" = commit ] || exit 3
 touch -r "$stage" /tmp/.dockvault-mtime
