@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,29 @@ from .restore import RestoreRequest
 Resource = BackupPolicy | RestoreRequest | Backup
 KINDS: dict[str, type[Resource]] = {"BackupPolicy": BackupPolicy, "RestoreRequest": RestoreRequest, "Backup": Backup}
 YAML_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 16 * 1024 * 1024  # ten thousand resources fit many times over; a bigger file is a mistake
+MAX_MESSAGE = 300  # characters of one error's message: a huge or aliased value is cut, never repeated whole
+# libyaml parses in linear time (the pure-Python scanner is quadratic on long scalars); the same safe subset.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_PYTHON_YAML_MAX = 256 * 1024
+MAX_DEPTH = 64  # nesting of mappings and lists; a resource needs about 8, and composing is recursive
+_OPENING = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSING = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 2, 60, 60
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxset = _SHOWN.maxfrozenset = _SHOWN.maxtuple = 3
+
+
+def shown(value: Any) -> str:
+    """A bounded repr of a value taken from a document: an alias bomb or a megabyte string stays short."""
+    try:
+        return _SHOWN.repr(value)
+    except ValueError:  # an integer too long to print in decimal
+        return f"<{type(value).__name__} too large to show>"
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "... (cut)"
 
 
 @dataclass(frozen=True)
@@ -92,21 +116,21 @@ def parse_document(doc: Any, *, file: str) -> LoadResult:
     raw_name = meta.get("name") if isinstance(meta, dict) else None
     # Only a well-formed name goes into messages verbatim; anything else could forge output lines.
     plain = isinstance(raw_name, str) and raw_name.isprintable() and not any(c.isspace() for c in raw_name)
-    name = raw_name if plain else (repr(raw_name) if raw_name else None)
+    name = raw_name if plain and len(raw_name) <= MAX_MESSAGE else (shown(raw_name) if raw_name else None)
     if not isinstance(kind, str) or kind not in KINDS:
         known = ", ".join(KINDS)
-        result.errors.append(ResourceError(file, None, name, "kind", f"unknown kind {kind!r}; expected one of {known}"))
+        result.errors.append(ResourceError(file, None, name, "kind", f"unknown kind {shown(kind)}; expected one of {known}"))
         return result
     if doc.get("apiVersion") != API_VERSION:
-        msg = f"unsupported apiVersion {doc.get('apiVersion')!r}; expected {API_VERSION}"
+        msg = f"unsupported apiVersion {shown(doc.get('apiVersion'))}; expected {API_VERSION}"
         result.errors.append(ResourceError(file, kind, name, "apiVersion", msg))
         return result
     try:
         resource = KINDS[kind].model_validate(doc, by_alias=True, by_name=False)  # YAML uses the CRD's field names
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
-            msg = err["msg"].removeprefix("Value error, ")
-            result.errors.append(ResourceError(file, kind, name, format_loc(err["loc"]), msg))
+            msg = _short(err["msg"].removeprefix("Value error, "))
+            result.errors.append(ResourceError(file, kind, name, _short(format_loc(err["loc"])), msg))
         return result
     result.items.append(Loaded(resource, file))
     for old, new in deprecated_fields(kind, doc):
@@ -114,30 +138,68 @@ def parse_document(doc: Any, *, file: str) -> LoadResult:
     return result
 
 
+def _nesting_problem(text: str) -> ResourceError | None:
+    """Walk the parser's events (iterative, unlike composing) to refuse a nesting that would exhaust the stack."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        if isinstance(event, _OPENING):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                return ResourceError("", None, None, f"line {mark.line + 1}, column {mark.column + 1}",
+                                     f"invalid YAML: nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, _CLOSING):
+            depth -= 1
+    return None
+
+
 def load_text(text: str, *, file: str) -> LoadResult:
     result = LoadResult()
     try:
-        docs = list(yaml.safe_load_all(text))
+        too_deep = _nesting_problem(text)
+        if too_deep is not None:
+            result.errors.append(ResourceError(file, None, None, too_deep.path, too_deep.message))
+            return result
+        docs = list(yaml.load_all(text, Loader=_YAML_LOADER))
     except yaml.YAMLError as exc:
+        if len(text) <= _PYTHON_YAML_MAX:  # PyYAML's own parser words the problem better: ask it again
+            try:
+                list(yaml.load_all(text, Loader=yaml.SafeLoader))
+            except yaml.YAMLError as again:
+                exc = again
         where = ""
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:
             where = f"line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
-        result.errors.append(ResourceError(file, None, None, where, f"invalid YAML: {problem}"))
+        result.errors.append(ResourceError(file, None, None, where, _short(f"invalid YAML: {_one_line(problem)}")))
+        return result
+    except (ValueError, OverflowError) as exc:  # a scalar its tag cannot hold: 2026-13-45, !!int abc, 10**5000
+        problem = str(exc).split("; use sys.")[0]  # Python's hint for huge integers is not for our users
+        result.errors.append(ResourceError(file, None, None, "", _short(f"invalid YAML: {_one_line(problem)}")))
         return result
     for doc in docs:
         result.extend(parse_document(doc, file=file))
     return result
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def load_file(path: Path, *, display: str | None = None) -> LoadResult:
-    shown = display or str(path)
+    name = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            return LoadResult(errors=[ResourceError(name, None, None, "", f"file is larger than "
+                                                    f"{MAX_FILE_BYTES // 2**20} MiB; split it or remove what is not "
+                                                    f"a dockvault resource")])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return LoadResult(errors=[ResourceError(shown, None, None, "", f"cannot read: {exc}")])
-    return load_text(text, file=shown)
+        return LoadResult(errors=[ResourceError(name, None, None, "", _short(f"cannot read: {exc}"))])
+    return load_text(text, file=name)
 
 
 def yaml_files(directory: Path) -> list[Path]:
