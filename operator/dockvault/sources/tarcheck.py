@@ -5,6 +5,11 @@ climbs out of the root, members reached through a symlink of the same archive, a
 Absolute symlink targets are kept: they point into whatever container mounts the volume, as they did
 in the original, and nothing is ever extracted through them. Listed-incremental directory listings
 (GNU.dumpdir: what tar keeps, deletes and renames) must name plain entries and paths inside the root.
+Names with a component over NAME_MAX (255 bytes) or over PATH_MAX in all cannot exist on Linux: refused.
+
+FIFOs are kept: a volume may hold one (an application's named pipe), and extracting it only creates the
+node inside the volume; tar never opens it, so it reaches nothing outside. Device nodes are refused: one
+inside a volume would hand its containers the host's hardware.
 """
 
 from __future__ import annotations
@@ -17,15 +22,24 @@ from .tarstream import DATA_TYPES, Member, UnsafeArchive, tar_events
 
 _PLAIN_TYPES = {tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE} | DATA_TYPES
 _REFUSED_TYPES = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device"}
+NAME_MAX, PATH_MAX = 255, 4096  # Linux limits, in bytes
+
+
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= 200 else repr(name[:100]) + f"... ({len(name)} characters)"
 
 
 def _clean(name: str) -> str:
     """The member path relative to the root, or an UnsafeArchive error."""
     if name.startswith("/"):
-        raise UnsafeArchive(f"member {name!r} has an absolute path")
+        raise UnsafeArchive(f"member {_shown(name)} has an absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchive(f"member {name!r} contains '..'")
+        raise UnsafeArchive(f"member {_shown(name)} contains '..'")
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) >= PATH_MAX or any(len(p.encode("utf-8", "surrogateescape")) > NAME_MAX for p in parts):
+        raise UnsafeArchive(f"member {_shown(name)} is longer than a Linux path can be ({NAME_MAX} bytes a "
+                            f"component, {PATH_MAX - 1} in all)")
     return "/".join(parts)
 
 
@@ -73,6 +87,8 @@ class _Checker:
                 raise UnsafeArchive(f"hard link {name!r} -> {linkname!r} points outside the volume") from None
             self._not_through_symlink(target, f"hard link {name!r} -> {linkname!r} would resolve")
         elif info.type == tarfile.SYMTYPE:
+            if len(linkname.encode("utf-8", "surrogateescape")) >= PATH_MAX:
+                raise UnsafeArchive(f"symlink {_shown(name)} has a target longer than {PATH_MAX - 1} bytes")
             self.symlinks.add(path)
             if not linkname.startswith("/"):
                 resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), linkname))

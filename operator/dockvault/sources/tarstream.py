@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 BLOCK = 512
 DATA_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE}
 _META_TYPES = {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
+MAX_META_BYTES = 1024 * 1024  # an extended header is held in memory whole: long names and xattrs fit many times
 
 
 class UnsafeArchive(ValueError):
@@ -87,6 +88,9 @@ def tar_events(chunks: Iterable[bytes]) -> Iterator[Event]:
         size = info.size
         padded = -(-size // BLOCK) * BLOCK
         if info.type in _META_TYPES:
+            if size > MAX_META_BYTES:
+                raise UnsafeArchive(f"extended header of {size} bytes after {members} members (at most "
+                                    f"{MAX_META_BYTES} are read)")
             if not fill(BLOCK + padded):
                 raise UnsafeArchive("archive ends inside a header")
             data = bytes(buffer[BLOCK:BLOCK + size])
