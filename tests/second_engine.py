@@ -245,14 +245,18 @@ def _is_ip(host: str) -> bool:
 
 
 @contextlib.contextmanager
-def tls_engine(image: str, first_host: str, timeout: float = 90.0) -> Iterator[TLSEngine]:
+def tls_engine(image: str, first_host: str, timeout: float = 90.0, *, root: Path | None = None,
+               keep_root: bool = False) -> Iterator[TLSEngine]:
     """Start a dockerd that answers on tcp://127.0.0.1:<free port> with TLS and client certificates only
-    (`--tlsverify`), load `image` into it, yield its client environment (a TLSEngine), stop it."""
-    root = _new_root()
+    (`--tlsverify`), load `image` into it, yield its client environment (a TLSEngine), stop it. With `root`
+    and `keep_root` (see `restartable_engine`), its data stays for the next engine started there (new
+    certificates and port each time)."""
+    root = root or _new_root()
     try:
         server, client = make_certificates(root / "tls")
     except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep_root:
+            shutil.rmtree(root, ignore_errors=True)
         raise
     host = f"tcp://127.0.0.1:{free_port()}"
     tls_args = [f"--tlscacert={server / 'ca.pem'}", f"--tlscert={server / 'cert.pem'}",
@@ -261,6 +265,6 @@ def tls_engine(image: str, first_host: str, timeout: float = 90.0) -> Iterator[T
     probe = ["--tlsverify", f"--tlscacert={client / 'ca.pem'}", f"--tlscert={client / 'cert.pem'}",
              f"--tlskey={client / 'key.pem'}", "-H", host]
     with _engine(image, first_host, timeout, root, ["--tlsverify", *tls_args, "-H", host], probe,
-                 timings) as setup_host:
+                 timings, keep_root=keep_root) as setup_host:
         yield TLSEngine(host=host, cert_path=client, setup_host=setup_host, server_dir=server,
                         started_in=timings["ready"], loaded_in=timings["loaded"])

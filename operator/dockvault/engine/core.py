@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import socket
 import tarfile
@@ -57,6 +58,13 @@ def _temporary_docker_error(exc: BaseException) -> bool:
                                                     or "is restarting" in explanation))
     return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
                             TimeoutError))
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """The innermost cause of a connection failure ("[Errno 111] Connection refused"), not urllib3's retry text."""
+    text = str(exc)
+    found = re.findall(r"\[Errno -?\d+\][^'\")]*", text)
+    return found[-1].strip() if found else text[:300]
 
 
 def is_temporary(exc: BaseException) -> bool:
@@ -367,6 +375,13 @@ class Engine:
                 ) from None
         return self._image_id
 
+    def _reachable(self) -> bool:
+        try:
+            self.client.ping()
+        except Exception:  # noqa: BLE001 - any failure means: not reachable now
+            return False
+        return True
+
     @property
     def transport(self) -> str:
         """fifo or api, resolved once: `auto` takes the FIFOs when the engine sees dockvault's temp dir (a local
@@ -450,10 +465,21 @@ class Engine:
         except docker.errors.APIError as exc:
             raise EngineError(f"helper container for volume {volume!r} failed: {exc.explanation or exc}",
                               temporary=_temporary_docker_error(exc)) from exc
+        except Exception as exc:
+            if not _temporary_docker_error(exc) or self._reachable():
+                raise
+            raise EngineError(f"lost the Docker engine at {self.client.api.base_url} while the helper for volume "
+                              f"{volume!r} was running (the engine stopped or restarted, or the network failed): "
+                              f"{_connection_reason(exc)}", temporary=True) from exc
         finally:
             if container is not None:
-                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                try:
                     container.remove(force=True)
+                except (docker.errors.NotFound, docker.errors.APIError):
+                    pass
+                except Exception as exc:  # noqa: BLE001 - the engine is gone: its start-up or ours removes it
+                    log.warning("cannot remove helper container %s (%s); the next dockvault start removes it",
+                                container.short_id, _connection_reason(exc))
             if pipe_dir is not None:
                 shutil.rmtree(pipe_dir, ignore_errors=True)
 
