@@ -51,10 +51,10 @@ from pathlib import Path
 
 import yaml
 
-from common import (DOCKVAULT, BenchError, Method, Run, add_run_options, check_args, docker, dockvault_env,
+from common import (DOCKVAULT, BenchError, Method, Run, add_run_options, check_args, cli_startup, docker, dockvault_env,
                     human, log, machine, machine_line, mark, mountpoint, parse_size, print_rows, remove_volumes,
                     rss_floor, run_bench, run_timed, size_label, sync, tool_version, volume_exists)
-from dockvault.engine.core import LABEL_POLICY
+from dockvault.engine.core import LABEL_POLICY, LABEL_PROBE
 from volume_backup import (GENERATOR, MARKER, TextMaker, Tree, code_version, generate, pick_samples, scan,
                            sha256_file, split_sizes, verify)
 
@@ -95,19 +95,26 @@ class StagedRun(Run):
 
 
 def helper_stages(policy: str, since: float, until: float, seconds: float) -> dict:
-    """The stages of one dockvault command (see StagedRun) that ran from `since` to `until` (epoch seconds)."""
+    """The stages of one dockvault command (see StagedRun) that ran from `since` to `until` (epoch seconds).
+    The transport probe (a `cat` container that `auto` runs before the first helper) is counted apart; a probe of
+    another dockvault on the engine in the same window would be counted too."""
     out = docker("events", "--since", f"{since:.6f}", "--until", f"{until:.6f}", "--filter", "type=container",
-                 "--filter", f"label={LABEL_POLICY}={policy}", "--format", "{{json .}}")
+                 "--format", "{{json .}}")
     helpers: dict[str, dict[str, float]] = {}
+    probes: dict[str, dict[str, float]] = {}
     for line in out.splitlines():
         event = json.loads(line)
-        if event.get("Action") in ("create", "start", "die", "destroy"):
-            helpers.setdefault(event["Actor"]["ID"], {})[event["Action"]] = event["timeNano"] / 1e9
+        labels = event.get("Actor", {}).get("Attributes", {})
+        group = helpers if labels.get(LABEL_POLICY) == policy else probes if LABEL_PROBE in labels else None
+        if group is not None and event.get("Action") in ("create", "start", "die", "destroy"):
+            group.setdefault(event["Actor"]["ID"], {})[event["Action"]] = event["timeNano"] / 1e9
     rows = sorted((h for h in helpers.values() if {"create", "start", "die", "destroy"} <= h.keys()),
                   key=lambda h: h["create"])
     if not rows:
         return {"helpers": []}
+    probe = [p for p in probes.values() if {"create", "destroy"} <= p.keys() and p["destroy"] <= rows[0]["create"]]
     return {"before_first_helper": rows[0]["create"] - since,
+            "probe": sum(p["destroy"] - p["create"] for p in probe),
             "helpers": [{"create": h["start"] - h["create"], "run": h["die"] - h["start"],
                          "remove": h["destroy"] - h["die"]} for h in rows],
             "between_helpers": sum(b["create"] - a["destroy"] for a, b in zip(rows, rows[1:])),
@@ -119,8 +126,9 @@ def stages_line(st: dict | None) -> str:
         return "-"
     helpers = st["helpers"]
     total = {k: sum(h[k] for h in helpers) for k in ("create", "run", "remove")}
-    return (f"before {st['before_first_helper']:.2f}s | {len(helpers)} helper(s): create+start {total['create']:.2f}s, "
-            f"run {total['run']:.2f}s ({' '.join(f'{h['run']:.2f}' for h in helpers)}), remove {total['remove']:.2f}s, "
+    runs = " ".join(f"{h['run']:.2f}" for h in helpers)
+    return (f"before {st['before_first_helper']:.2f}s (probe {st['probe']:.2f}s) | {len(helpers)} helper(s): create+start {total['create']:.2f}s, "
+            f"run {total['run']:.2f}s ({runs}), remove {total['remove']:.2f}s, "
             f"between {st['between_helpers']:.2f}s | after {st['after_last_helper']:.2f}s")
 
 
@@ -245,7 +253,6 @@ class Bench:
         return run_timed(cmd, label=label, scratch=self.scratch, env=env)
 
     def dockvault(self, *args: str, policy: str, config: Path, label: str) -> StagedRun:
-        since = time.time()
         run = run_timed([*DOCKVAULT, *args, "--config-dir", str(config), "--state-dir", str(self.state),
                          "--helper-image", self.image], label=label, scratch=self.scratch, env=self.env, make=StagedRun)
         # the command started after run_timed's sync and quiet wait: its start is its end minus its wall time
@@ -416,6 +423,7 @@ class Bench:
             "pass": {k: ratios[k] <= TARGETS[k] for k in TARGETS},
             "load_average": {"start": self.load_start, "end": os.getloadavg()},
             "rss_floor_mib": rss_floor(self.scratch),
+            "dockvault_cli_startup_seconds": cli_startup(self.env),
         }
 
 
@@ -457,11 +465,12 @@ def print_report(s: dict) -> None:
     print("WHERE THE TIME GOES (the median run; from the engine's events of the helper containers)")
     for k, st in s["stages"].items():
         print(f"  {k:7} {stages_line(st)}")
-    print("  before: from the command's start to its first helper's create (start-up, planning, reading the base's")
-    print("  snapshot file, checksum pre-pass of restores); run: the helper's tar, start to exit; remove: exit to")
+    print("  before: from the command's start to its first helper's create (start-up, the transport probe's container,")
+    print("  planning, reading the base's snapshot file, checksum pre-pass of restores); run: the helper's tar, start to exit; remove: exit to")
     print("  removal (overlayfs unmount); after: from the last removal to the command's exit (publish, manifest, retention)")
     print()
     print(f"RSS MiB: peak RSS (wait4 ru_maxrss); the floor of the measurement: `true` reports {s['rss_floor_mib']:.1f} MiB")
+    print(f"dockvault CLI start-up (python -m dockvault --version, median of 3): {s['dockvault_cli_startup_seconds']:.2f}s")
     load = s["load_average"]
     print(f"load average {load['start'][0]:.2f} at start, {load['end'][0]:.2f} at end")
     print()
