@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from tests.e2e.cli import dockvault
 from tests.faults.conftest import SEED
 from tests.faults.crash import KINDS, Tally
 
@@ -23,3 +24,23 @@ def test_sigkill_at_random_points_leaves_nothing_broken(kind, fault_site):
         total.add(site.kill_once(rng))
     assert total.kills == KILLS, total.notes
     assert total.clean, "\n".join(total.notes)
+
+
+def test_start_up_removes_temp_folders_of_a_killed_dockvault_only(cli_env, tmp_path):
+    """A kill between making a FIFO or probe folder and creating its helper leaves the folder with no container
+    to find it by; the next start removes it by the dead pid in its name, and never a live process's."""
+    import os
+    import subprocess
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = [tmp / f"dockvault-pipe-{dead.pid}-abc123", tmp / f"dockvault-probe-{dead.pid}-def456"]
+    live = tmp / f"dockvault-pipe-{os.getpid()}-ghi789"
+    for path in (*left, live):
+        path.mkdir()
+        os.mkfifo(path / "stream")
+    result = dockvault("run", "--once", env=dict(cli_env, TMPDIR=str(tmp)), check=False)
+    assert result.returncode == 0, result.stderr
+    assert sorted(tmp.iterdir()) == [live]

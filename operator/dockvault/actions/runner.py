@@ -381,10 +381,12 @@ class JobRunner:
 
     # --- recovery ------------------------------------------------------------------------------------
     def recover_policy(self, key: str, policy: BackupPolicy) -> None:
-        """Once per process and policy, with the policy's lock held: undo what a killed dockvault left of its jobs."""
+        """Before a policy's job, with its lock held: resume the containers and remove the helpers an earlier job
+        left (killed, or cut off from the engine); once per process also its temporaries and interrupted runs."""
         with self._guard:
-            if key in self._recovered:
-                return
+            recovered = key in self._recovered
+        # Also later on: a job of this process that could not resume its containers (the engine was away) left
+        # them journaled; the lock is held, so no job of the policy is running now.
         entries = [entry for entry in self.state.halted_containers() if entry.policy in (key, None)]
         if entries:
             resumed = recover_halted(self.engine, entries, self.state, now=self.clock())
@@ -393,6 +395,8 @@ class JobRunner:
         removed = self.engine.remove_leftovers(policy=policy.name)
         if removed:
             log.warning("policy %s: removed leftovers of an interrupted job: %s", key, ", ".join(removed))
+        if recovered:
+            return
         for path in repository_for(policy).clean_temporaries(policy.name):
             log.warning("policy %s: removed incomplete backup data %s", key, path)
         last = self.state.last_attempt(key)

@@ -106,15 +106,30 @@ def _owner_alive(labels: Mapping[str, str]) -> bool:
     host, _, pid = (labels.get(LABEL_OWNER) or "").rpartition(":")
     if not pid.isdigit():
         return False  # made before owners were recorded
-    if host != socket.gethostname():
-        return True
+    # this process's own: its jobs of the policy are over (the caller holds the policy's lock)
+    return host != socket.gethostname() or (int(pid) != os.getpid() and _pid_alive(int(pid)))
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def _remove_dead_temp_dirs() -> list[str]:
+    """Temp folders (FIFOs, probe files) of dockvault processes of this host that are gone: a kill can come before
+    the helper that would name them exists."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob("dockvault-p*-*-*"):
+        match = re.fullmatch(r"dockvault-(?:pipe|probe)-(\d+)-\w+", path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
 
 
 def new_job_id() -> str:
@@ -395,7 +410,7 @@ class Engine:
         host = os.environ.get("DOCKER_HOST", "unix://")
         if not host.startswith("unix://"):
             return False
-        probe = Path(tempfile.mkdtemp(prefix="dockvault-probe-"))
+        probe = Path(tempfile.mkdtemp(prefix=f"dockvault-probe-{os.getpid()}-"))
         token = uuid.uuid4().hex
         container = None
         try:
@@ -439,7 +454,7 @@ class Engine:
         """
         self.helper_image_id()
         api = self.transport == "api"
-        pipe_dir = None if api else Path(tempfile.mkdtemp(prefix="dockvault-pipe-"))
+        pipe_dir = None if api else Path(tempfile.mkdtemp(prefix=f"dockvault-pipe-{os.getpid()}-"))
         stream, control = ("-", API_CONTROL) if api else (f"{PIPE_MOUNT}/stream", f"{PIPE_MOUNT}/control")
         argv = [part.replace(STREAM, stream).replace(CONTROL, control) for part in command]
         container = None
@@ -511,4 +526,5 @@ class Engine:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 volume.remove(force=True)
                 removed.append(f"volume {volume.name}")
+        removed.extend(_remove_dead_temp_dirs())
         return removed
