@@ -17,7 +17,7 @@ from ..controller.selection import NoSuchBackup, select_backup
 from ..controller.status import iso
 from ..credentials import SecretError, mask
 from ..engine.core import Engine, EngineError, new_job_id
-from ..sources import RestoreContext, SourceError, source_for
+from ..sources import RestoreContext, SourceError, source_for, staged
 from ..storage.base import Repository, StorageError
 from ..storage.codec import ChecksumMismatch
 from ..storage.crypt import DecryptionFailed
@@ -52,7 +52,9 @@ def run_drill(policy: BackupPolicy, *, engine: Engine, repository: Repository,
         links = {target.name: chain_artifacts(backup, target.name, backups) for target in policy.spec.targets}
         everything = [link for target_links in links.values() for link in target_links]
         reader = BackupReader(repository, policy.name, backup, identities_for(policy, [a for a, _ in everything]))
-        reader.verify_all(everything)  # the whole chain
+        # artifacts of staged sources (volumes) are checked as they stream into the scratch volume; the others first
+        reader.verify_all([link for target in policy.spec.targets if not staged(target.source_kind)
+                           for link in links[target.name]])
         for target in policy.spec.targets:
             if not links[target.name]:
                 raise SourceError(f"backup {backup.id} has no artifact for target {target.name} (added since?)")

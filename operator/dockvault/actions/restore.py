@@ -1,4 +1,5 @@
-"""Run one RestoreRequest: pick the backup, verify every artifact's checksum, then restore each target."""
+"""Run one RestoreRequest: pick the backup and its source, then restore each target, every artifact checked by
+its checksum (while it streams into a staging area, or whole before any write)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import hashlib
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
+
+import zstandard
 
 from ..api.backup import Artifact, Backup
 from ..api.policy import PRIMARY, BackupPolicy
@@ -19,7 +23,8 @@ from ..controller.chains import BrokenChain, chain_of
 from ..controller.selection import NoSuchBackup, select_backup
 from ..credentials import SecretError, mask, read_secret
 from ..engine.core import Engine, EngineError, new_job_id
-from ..sources import RestoreContext, SourceError, source_for
+from ..sources import RestoreContext, SourceError, source_for, staged
+from ..sources.tarstream import UnsafeArchive
 from ..storage import repository_for
 from ..storage.base import Repository, StorageError
 from ..storage.codec import ChecksumMismatch, decompressed, read_chunks
@@ -81,7 +86,16 @@ class BackupReader:
         return decrypted(chunks, self.identities) if artifact.encryption == "age" else chunks
 
     def opener(self, artifact: Artifact, backup_id: str | None = None):
-        return functools.partial(lambda a: decompressed(self.plain(a, backup_id), a.compression), artifact)
+        return functools.partial(self._decompressed, artifact, backup_id)
+
+    def _decompressed(self, artifact: Artifact, backup_id: str | None) -> Iterator[bytes]:
+        """The artifact's plain stream. Corrupt compressed data fails before the checksum at the end would: it is
+        reported as the corruption it is."""
+        try:
+            yield from decompressed(self.plain(artifact, backup_id), artifact.compression)
+        except (zstandard.ZstdError, zlib.error, EOFError) as exc:
+            raise ChecksumMismatch(f"artifact {self.policy}/{backup_id or self.backup.id}/{artifact.file} is corrupt: "
+                                   f"{exc}") from None
 
     def verify_all(self, artifacts: Iterable[Artifact | Link]) -> None:
         for item in artifacts:
@@ -140,6 +154,12 @@ def run_restore(
     repository: Repository,
     cancel: threading.Event | None = None,
 ) -> RestoreOutcome:
+    """Restore every target of `request`, each from the first source (the primary, then each copy) that serves it.
+
+    A target whose source extracts into a staging area (volumes) is checked while it streams: a checksum that
+    does not match aborts the extraction before anything is swapped in, and the next source is tried. The
+    artifacts of other targets (databases) are checksummed whole before they are written.
+    """
     started = datetime.now(UTC)
     clock = time.monotonic()
     backup_id = None
@@ -147,29 +167,74 @@ def run_restore(
 
     def status(phase: str, message: str) -> RestoreRequestStatus:
         return RestoreRequestStatus(phase=phase, backup=backup_id, started_at=started, completed_at=datetime.now(UTC),
-                                    duration_seconds=round(time.monotonic() - clock, 3), message=message)
+                                    duration_seconds=round(time.monotonic() - clock, 3), message=message,
+                                    source=",".join(dict.fromkeys(served)) or None)
 
-    source = None
+    served: list[str] = []
     try:
-        source, backup, plan, reader = _pick_source(request, policy, repository)
-        backup_id = backup.id
-        for destination, artifacts in plan:
-            log.info("restore %s: %s/%s target %s", request.name, policy.name, backup.id, destination.from_)
-            streams = [(a, reader.opener(a, backup_id)) for a, backup_id in artifacts]
+        candidates = sources_of(policy, repository, request.spec.source)
+        problems: list[str] = []
+        done: set[int] = set()
+        for number, (name, repo) in enumerate(candidates, 1):
+            last = number == len(candidates)
             try:
-                source_for(destination.kind).restore(destination, streams, ctx)
-            except SourceError as exc:
-                raise SourceError(f"target {destination.from_}: {exc}") from exc
+                backup, plan, reader = _open_source(request, policy, repo, backup_id)
+            except (NoSuchBackup, BrokenChain, ChecksumMismatch, StorageError, OSError, EOFError) as exc:
+                if last and not problems:
+                    raise
+                problems.append(f"{name}: {exc}")
+                log.warning("restore %s: %s cannot serve it: %s", request.name, name, exc)
+                continue
+            backup_id = backup.id  # a later source serves the rest of the targets from the same backup
+            try:
+                for index, (destination, links) in enumerate(plan):
+                    if index not in done:
+                        _restore_target(request, policy, backup, destination, links, reader, ctx)
+                        done.add(index)
+                        served.append(name)
+                break
+            except _SourceFailed as failed:
+                if last:
+                    raise failed.cause from None
+                problems.append(f"{name}: {failed.cause}")
+                log.warning("restore %s: %s cannot serve it, trying the next source: %s", request.name, name,
+                            failed.cause)
+        else:
+            raise RestoreError("no repository can serve this restore: " + "; ".join(problems))
     except (NoSuchBackup, RestoreError, ChecksumMismatch, DecryptionFailed, SecretError, SourceError, EngineError,
             StorageError, OSError, ValueError, EOFError) as exc:
         log.error("restore %s failed: %s", request.name, exc)
-        return RestoreOutcome(status("Failed", mask(str(exc))).model_copy(update={"source": source}))
-    message = f"restored {len(plan)} target(s) from backup {backup_id}" + (f" of copy {source}" if source != PRIMARY
+        return RestoreOutcome(status("Failed", mask(str(exc))))
+    copies = [name for name in dict.fromkeys(served) if name != PRIMARY]
+    message = f"restored {len(done)} target(s) from backup {backup_id}" + (f" of copy {', '.join(copies)}" if copies
                                                                             else "")
     if ctx.notes:
         message += "; " + "; ".join(ctx.notes)
     log.info("restore %s succeeded: %s", request.name, message)
-    return RestoreOutcome(status("Succeeded", message).model_copy(update={"source": source}))
+    return RestoreOutcome(status("Succeeded", message))
+
+
+class _SourceFailed(Exception):
+    """A staged target's stream failed its checks before anything was swapped in: the next source may serve it."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _restore_target(request: RestoreRequest, policy: BackupPolicy, backup: Backup, destination: RestoreTarget,
+                    links: list[Link], reader: BackupReader, ctx: RestoreContext) -> None:
+    log.info("restore %s: %s/%s target %s", request.name, policy.name, backup.id, destination.from_)
+    source = source_for(destination.kind)
+    streams = [(a, reader.opener(a, link)) for a, link in links]
+    try:
+        source.restore(destination, streams, ctx)
+    except (ChecksumMismatch, StorageError, EOFError, UnsafeArchive) as exc:  # a corrupt stream may read as hostile
+        if staged(destination.kind):
+            raise _SourceFailed(exc) from exc
+        raise
+    except SourceError as exc:
+        raise SourceError(f"target {destination.from_}: {exc}") from exc
 
 
 Plan = list[tuple[RestoreTarget, list[Link]]]
@@ -187,23 +252,14 @@ def sources_of(policy: BackupPolicy, repository: Repository, wanted: str | None)
     return chosen
 
 
-def _pick_source(request: RestoreRequest, policy: BackupPolicy,
-                 repository: Repository) -> tuple[str, Backup, Plan, BackupReader]:
-    """The first source that holds the backup with every checksum intact (checked before any write)."""
-    problems: list[str] = []
-    candidates = sources_of(policy, repository, request.spec.source)
-    for name, repo in candidates:
-        try:
-            backups = repo.backups(policy.name)
-            backup = select_backup(backups, request.spec.backup, policy=policy.name)
-            plan = _plan(request, backup, backups)
-            links = [link for _, ll in plan for link in ll]
-            reader = BackupReader(repo, policy.name, backup, identities_for(policy, [a for a, _ in links]))
-            reader.verify_all(links)
-            return name, backup, plan, reader
-        except (NoSuchBackup, BrokenChain, ChecksumMismatch, StorageError, OSError, EOFError) as exc:
-            if len(candidates) == 1:
-                raise
-            problems.append(f"{name}: {exc}")
-            log.warning("restore %s: %s cannot serve it, trying the next source: %s", request.name, name, exc)
-    raise RestoreError("no repository can serve this restore: " + "; ".join(problems))
+def _open_source(request: RestoreRequest, policy: BackupPolicy, repository: Repository,
+                 backup_id: str | None) -> tuple[Backup, Plan, BackupReader]:
+    """The backup (`backup_id` once an earlier source chose it) and its plan in one source. Artifacts of targets
+    restored without a staging area are checksummed whole here, before any write; the others as they stream."""
+    backups = repository.backups(policy.name)
+    backup = select_backup(backups, backup_id or request.spec.backup, policy=policy.name)
+    plan = _plan(request, backup, backups)
+    links = [link for _, ll in plan for link in ll]
+    reader = BackupReader(repository, policy.name, backup, identities_for(policy, [a for a, _ in links]))
+    reader.verify_all([link for destination, ll in plan if not staged(destination.kind) for link in ll])
+    return backup, plan, reader

@@ -12,4 +12,10 @@ def source_for(kind: str) -> Source:
     return SOURCES[kind]
 
 
-__all__ = ["SOURCES", "BackupContext", "RestoreContext", "RestoreRefused", "Source", "SourceError", "source_for"]
+def staged(kind: str) -> bool:
+    """Does a restore of this kind write into a staging area first (see Source)? Its artifacts are then checked
+    as they stream, not in a pass before."""
+    return getattr(SOURCES[kind], "staged", False)
+
+
+__all__ = ["SOURCES", "BackupContext", "RestoreContext", "RestoreRefused", "Source", "SourceError", "source_for", "staged"]

@@ -145,7 +145,11 @@ Opener = Callable[[], Iterator[bytes]]
 
 
 class Source(Protocol):
-    """One kind of data (volume, postgres, ...): how to back a target up and how to put it back."""
+    """One kind of data (volume, postgres, ...): how to back a target up and how to put it back.
+
+    `staged` (optional, default False): restore writes into a staging area and commits only after the streams
+    ended without error, so a checksum mismatch found at a stream's end still leaves the target untouched.
+    """
 
     kind: str
 

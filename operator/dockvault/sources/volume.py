@@ -18,6 +18,9 @@ from .tarindex import chain_index, tree_index
 from .tarstream import EndMarker
 
 kind = "volume"
+# Restores extract into a staging folder and swap it in only on "commit", sent once the whole stream was read,
+# checked and its checksum matched: the artifacts need no checksum pass of their own before (actions/restore.py).
+staged = True
 
 SOURCE_MOUNT = "/source"
 TARGET_MOUNT = "/target"
