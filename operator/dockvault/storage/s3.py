@@ -4,7 +4,8 @@ Why this shape: the layout is the local repository's, key for key, so a bucket s
 synced to a bucket) is a repository too, and `manifest.json` is still what makes a backup exist. Artifacts
 stream through multipart uploads with bounded memory: parts start at 8 MiB and double every 1,000 parts, so
 a stream of unknown size reaches 5 TiB well within S3's 10,000 parts (8 TiB in all), while everything up to
-7.8 GiB uses 8 MiB parts; parts above SPOOL_OVER are spooled to a temp file, not held in memory. Manifests
+7.8 GiB uses 8 MiB parts, held in IN_FLIGHT + 1 reused buffers; parts above SPOOL_OVER are spooled to a temp
+file, not held in memory. Manifests
 are immutable once written, so listing caches them by key and ETag: a listing of 1,000 backups is one
 ListObjectsV2 walk plus the manifests not seen before, fetched in parallel.
 """
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import logging
+import mmap
+import queue
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -112,23 +116,71 @@ def make_client(spec: S3Storage) -> Any:
                           **keys)
 
 
-class _Part:
-    """One part's bytes: in memory while small, spooled to disk when large."""
+class _Buffer(io.RawIOBase):
+    """A read-only file over the first `length` bytes of a reused part buffer, for upload_part's Body."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, memory: mmap.mmap, length: int) -> None:
+        self._view = memoryview(memory)[:length]
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        n = min(len(target), len(self._view) - self._position)
+        target[:n] = self._view[self._position:self._position + n]
+        self._position += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        self._view.release()
+        super().close()
+
+
+class _Part:
+    """One part's bytes: in a buffer from the writer's pool while small, spooled to disk when large."""
+
+    def __init__(self, size: int, memory: mmap.mmap | None) -> None:
         self.size = size
-        self.body: BinaryIO = tempfile.SpooledTemporaryFile(max_size=min(size + 1, SPOOL_OVER))  # type: ignore
+        self.memory = memory
+        self._spool: BinaryIO | None = None if memory is not None else tempfile.TemporaryFile()  # type: ignore
         self.length = 0
 
     def take(self, data: memoryview) -> int:
         n = min(len(data), self.size - self.length)
-        self.body.write(data[:n])
+        if self.memory is not None:
+            self.memory[self.length:self.length + n] = data[:n]
+        else:
+            assert self._spool is not None
+            self._spool.write(data[:n])
         self.length += n
         return n
 
     @property
     def full(self) -> bool:
         return self.length >= self.size
+
+    def body(self) -> BinaryIO:
+        if self.memory is not None:
+            return _Buffer(self.memory, self.length)  # type: ignore[return-value]
+        assert self._spool is not None
+        self._spool.seek(0)
+        return self._spool
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
 
 
 class MultipartWriter:
@@ -137,12 +189,31 @@ class MultipartWriter:
     def __init__(self, client: Any, bucket: str, key: str) -> None:
         self._client, self._bucket, self._key = client, bucket, key
         self._upload_id: str | None = None
-        self._part = _Part(part_size(1))
+        # Part buffers are anonymous mappings, made once and reused (IN_FLIGHT uploading, one filling): parts
+        # grown by appends and freed on other threads left heap slack that grew with the number of parts, and
+        # a mapping's pages count only once written (a small artifact costs its size, not a part's).
+        self._buffers: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        self._allocated = 0
         self._number = 1
+        self._part = self._new_part()
         self._done: list[dict[str, Any]] = []
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._flying: list[concurrent.futures.Future] = []
         self.bytes = 0
+
+    def _new_part(self) -> _Part:
+        size = part_size(self._number)
+        if size > SPOOL_OVER:
+            return _Part(size, None)
+        while True:
+            try:
+                memory = self._buffers.get(block=self._allocated > IN_FLIGHT)
+            except queue.Empty:
+                memory = mmap.mmap(-1, size)
+                self._allocated += 1
+            if len(memory) == size:
+                return _Part(size, memory)
+            self._allocated -= 1  # a buffer of the smaller parts before: dropped
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
@@ -165,28 +236,34 @@ class MultipartWriter:
         self._number += 1
         if self._number > MAX_PARTS + 1:
             raise StorageError(f"s3://{self._bucket}/{self._key}: the artifact exceeds S3's 10,000 parts")
-        self._part = _Part(part_size(self._number))
+        self._part = self._new_part()
         assert self._pool is not None
         self._flying.append(self._pool.submit(self._upload, part, number))
 
     def _upload(self, part: _Part, number: int) -> dict[str, Any]:
+        body = part.body()
         try:
-            part.body.seek(0)
             with _s3_errors(f"s3://{self._bucket}/{self._key} part {number}"):
                 answer = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-                                                  PartNumber=number, Body=part.body, ContentLength=part.length)
+                                                  PartNumber=number, Body=body, ContentLength=part.length)
             return {"PartNumber": number, "ETag": answer["ETag"]}
         finally:
-            part.body.close()
+            body.close()
+            part.close()
+            if part.memory is not None:
+                self._buffers.put(part.memory)
 
     def finish(self) -> None:
         what = f"s3://{self._bucket}/{self._key}"
         if self._upload_id is None:  # small: one PUT
-            self._part.body.seek(0)
-            with _s3_errors(what):
-                self._client.put_object(Bucket=self._bucket, Key=self._key, Body=self._part.body,
-                                        ContentLength=self._part.length)
-            self._part.body.close()
+            body = self._part.body()
+            try:
+                with _s3_errors(what):
+                    self._client.put_object(Bucket=self._bucket, Key=self._key, Body=body,
+                                            ContentLength=self._part.length)
+            finally:
+                body.close()
+                self._part.close()
             return
         if self._part.length:
             self._send()
@@ -203,7 +280,7 @@ class MultipartWriter:
         for future in self._flying:
             future.cancel()
         self._shutdown()
-        self._part.body.close()
+        self._part.close()
         if self._upload_id is not None:
             with contextlib.suppress(Exception):
                 self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
@@ -330,6 +407,32 @@ class S3Repository:
         except (ValueError, ValidationError) as exc:
             log.error("s3://%s/%s: unreadable manifest, ignored: %s", self.bucket, key, exc)
             return None
+
+    def stored_files(self, policy: str) -> dict[str, dict[str, int]]:
+        folder = self.key(policy) + "/"
+        found: dict[str, dict[str, int]] = {}
+        for page in self._list(folder):
+            for item in page.get("Contents", []):
+                parts = item["Key"][len(folder):].split("/")
+                if len(parts) == 2 and parts[0] and not parts[0].startswith("."):
+                    found.setdefault(parts[0], {})[parts[1]] = item["Size"]
+        return found
+
+    def manifest_problem(self, policy: str, backup_id: str) -> str | None:
+        from botocore.exceptions import ClientError
+        key = self.key(policy, backup_id, MANIFEST)
+        with _s3_errors(f"s3://{self.bucket}/{key}"):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if _code(exc) in ("NoSuchKey", "404"):
+                    return "no manifest (an interrupted backup, or its manifest was lost)"
+                raise
+        try:
+            Backup.model_validate_json(body)
+        except (ValueError, ValidationError) as exc:
+            return f"unreadable manifest: {' '.join(str(exc).split())[:300]}"
+        return None
 
     def open_artifact(self, policy: str, backup_id: str, name: str) -> BinaryIO:
         key = self.key(policy, backup_id, name)
