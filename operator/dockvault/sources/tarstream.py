@@ -38,16 +38,17 @@ def _text(field: bytes) -> str:
 
 
 def parse_header(block: bytes) -> Header:
-    """A ustar / POSIX / GNU header, as tarfile.TarInfo.frombuf reads it; UnsafeArchive when it is not one."""
+    """A ustar / POSIX / GNU header, as tarfile.TarInfo.frombuf reads it; UnsafeArchive (the problem) when it is
+    not one."""
     stored = block[148:156]
     try:
         checksum = _number(stored)
         fields = [_number(block[a:b]) for a, b in ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148))]
     except ValueError:
-        raise UnsafeArchive("corrupt tar header: a number field is not a number") from None
+        raise UnsafeArchive("invalid header") from None  # (a number field is no number: tarfile's wording)
     unsigned = sum(block) - sum(stored) + 256
     if checksum != unsigned and checksum != unsigned - 256 * sum(b > 127 for b in block[:148] + block[156:]):
-        raise UnsafeArchive("corrupt tar header: bad checksum")  # (the second form: signed bytes, as old tars)
+        raise UnsafeArchive("bad checksum")  # (the second form: signed bytes, as old tars)
     mode, uid, gid, size, mtime = fields
     kind = block[156:157] or tarfile.REGTYPE
     name = _text(block[0:100])
@@ -125,7 +126,7 @@ def tar_events(chunks: Iterable[bytes]) -> Iterator[Event]:
         try:
             info = parse_header(block)
         except UnsafeArchive as exc:
-            raise UnsafeArchive(f"{exc} after {members} members") from None
+            raise UnsafeArchive(f"corrupt tar header after {members} members: {exc}") from None
         size = info.size
         padded = -(-size // BLOCK) * BLOCK
         if info.type in _META_TYPES:
