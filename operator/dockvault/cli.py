@@ -1,4 +1,4 @@
-"""The `dockvault` command: validate, run, backup, get, describe, retention plan, crds."""
+"""The `dockvault` command: validate, run, backup, drill, check, get, describe, retention plan, crds."""
 
 from __future__ import annotations
 
@@ -447,7 +447,9 @@ def get_backups(
     policy_name: Annotated[Optional[str], typer.Option("--policy", "-p")] = None,
     output: Output = "table",
 ) -> None:
-    """Every complete backup in the policies' repositories, read from the manifests."""
+    """Every backup in the policies' repositories, read from the manifests; a damaged one (manifest unreadable
+    or missing, an artifact missing or of the wrong size) is listed as such, never hidden."""
+    from .actions.check import MANIFEST_DAMAGE, check_repository
     from .frontends.standalone import load_config
     from .storage import repository_for
     now = datetime.now(UTC)
@@ -455,13 +457,88 @@ def get_backups(
     for name, item in sorted(load_config(config_dir).policies.items()):
         if policy_name and name != policy_name:
             continue
-        for record in repository_for(item.resource).backups(name):  # type: ignore[arg-type]
+        repository = repository_for(item.resource)  # type: ignore[arg-type]
+        records = {record.id: record for record in repository.backups(name)}
+        damage: dict[str, list[str]] = {}
+        for d in check_repository(name, repository).damage:
+            damage.setdefault(d.backup_id, []).append(d.problem if d.artifact == MANIFEST_DAMAGE
+                                                      else f"{d.artifact}: {d.problem}")
+        for backup_id in sorted(records.keys() | damage.keys()):
+            record, problems = records.get(backup_id), damage.get(backup_id, [])
+            if record is None:
+                rows.append({"POLICY": name, "ID": backup_id, "PHASE": "Damaged", "DAMAGE": "; ".join(problems)}
+                            if output == "table" else {"policy": name, "id": backup_id, "phase": "Damaged",
+                                                       "damage": problems})
+                continue
             st = record.status
-            row = {"POLICY": name, "ID": record.id, "PHASE": st.phase, "TRIGGER": record.spec.trigger,
+            row = {"POLICY": name, "ID": record.id, "PHASE": "Damaged" if problems else st.phase,
+                   "TRIGGER": record.spec.trigger,
                    "LEVEL": record.level, "BASE": record.base, "SIZE": _human(st.bytes), "DURATION": f"{st.duration_seconds:.1f}s", "AGE": _age(st.completed_at, now),
-                   "TARGETS": ",".join(a.target for a in st.artifacts)}
-            rows.append(row if output == "table" else record.to_dict())
-    _emit(rows, ["POLICY", "ID", "PHASE", "TRIGGER", "LEVEL", "BASE", "SIZE", "DURATION", "AGE", "TARGETS"], output)
+                   "TARGETS": ",".join(a.target for a in st.artifacts), "DAMAGE": "; ".join(problems) or None}
+            rows.append(row if output == "table" else {**record.to_dict(), **({"damage": problems} if problems else {})})
+    _emit(rows, ["POLICY", "ID", "PHASE", "TRIGGER", "LEVEL", "BASE", "SIZE", "DURATION", "AGE", "TARGETS", "DAMAGE"],
+          output)
+
+
+def _subset(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        percent = float(value.strip().removesuffix("%"))
+    except ValueError:
+        percent = -1.0
+    if not 0 < percent <= 100:
+        raise _fail(f"--subset {value!r}: give a percentage greater than 0 and at most 100, e.g. 10%", 2)
+    return percent
+
+
+@app.command()
+def check(
+    config_dir: ConfigDir,
+    policy_name: Annotated[Optional[str], typer.Argument(metavar="POLICY", help="the policy to check")] = None,
+    every: Annotated[bool, typer.Option("--all", help="check every policy in the config directory")] = False,
+    read_data: Annotated[bool, typer.Option("--read-data", help="also read every artifact back and compare its "
+                                                                "sha256 with the manifest")] = False,
+    subset: Annotated[Optional[str], typer.Option("--subset", metavar="N%", help="with --read-data: read a random "
+                                                  "N% of the artifacts (a fresh sample each run)")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="the sample's seed, to read the same one again")] = None,
+    output: Output = "table",
+) -> None:
+    """Check a policy's repository and copies: every manifest readable, every artifact present with its recorded
+    size, and with --read-data its sha256 intact. Exit 1 when anything is damaged."""
+    from .actions.check import check_policy
+    from .frontends.standalone import load_config
+    from .storage import repository_for
+    if (policy_name is None) == (not every):
+        raise _fail("name one POLICY or give --all", 2)
+    if subset is not None and not read_data:
+        raise _fail("--subset needs --read-data", 2)
+    percent = _subset(subset)
+    config = load_config(config_dir)
+    names = [_policy(config_dir, policy_name).name] if policy_name else sorted(config.policies)
+    reports = []
+    for name in names:
+        policy = config.policy(name)
+        reports += check_policy(policy, repository_for(policy), read_data=read_data, subset=percent, seed=seed)
+    if output == "json":
+        out.print_json(json.dumps([{**report.__dict__, "damage": [d.__dict__ for d in report.damage], "ok": report.ok}
+                                   for report in reports], default=str))
+    else:
+        _emit([{"POLICY": r.policy, "REPOSITORY": r.repository, "BACKUPS": r.backups, "ARTIFACTS": r.artifacts,
+                "READ": f"{r.read} ({_human(r.bytes_read)})" if r.read_data else "-",
+                "DAMAGED": len(r.damaged_backups), "RESULT": "ok" if r.ok else r.error or "damaged",
+                "TIME": f"{r.seconds:.1f}s"} for r in reports],
+              ["POLICY", "REPOSITORY", "BACKUPS", "ARTIFACTS", "READ", "DAMAGED", "RESULT", "TIME"], output)
+        damage = [{"POLICY": r.policy, "REPOSITORY": r.repository, "BACKUP": d.backup_id, "ARTIFACT": d.artifact,
+                   "PROBLEM": d.problem} for r in reports for d in r.damage]
+        if damage:
+            out.print()
+            _emit(damage, ["POLICY", "REPOSITORY", "BACKUP", "ARTIFACT", "PROBLEM"], output)
+        if percent is not None and reports:
+            out.print(f"read a random {percent:g}% of the intact artifacts (--seed {reports[0].seed} reads the same "
+                      f"sample)", highlight=False)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
 
 
 @get_app.command("restores")

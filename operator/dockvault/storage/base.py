@@ -55,6 +55,12 @@ class Repository(Protocol):
 
     def open_artifact(self, policy: str, backup_id: str, name: str) -> BinaryIO: ...
 
+    def stored_files(self, policy: str) -> dict[str, dict[str, int]]:
+        """Every backup folder of `policy`, complete or not: backup id -> {file name: stored size in bytes}."""
+
+    def manifest_problem(self, policy: str, backup_id: str) -> str | None:
+        """Why the folder's manifest is not a valid backup record (missing, unreadable, invalid); None if it is."""
+
     def delete(self, policy: str, backup_id: str) -> None: ...
 
     def clean_temporaries(self, policy: str) -> list[str]:

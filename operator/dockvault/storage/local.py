@@ -112,6 +112,24 @@ class LocalRepository:
     def open_artifact(self, policy: str, backup_id: str, name: str) -> BinaryIO:
         return open(self._folder(policy, backup_id) / name, "rb")
 
+    def stored_files(self, policy: str) -> dict[str, dict[str, int]]:
+        folder = self.root / policy
+        found: dict[str, dict[str, int]] = {}
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if entry.is_dir() and not entry.name.startswith("."):
+                found[entry.name] = {f.name: f.stat().st_size for f in entry.iterdir() if f.is_file()}
+        return found
+
+    def manifest_problem(self, policy: str, backup_id: str) -> str | None:
+        manifest = self._folder(policy, backup_id) / MANIFEST
+        if not manifest.is_file():
+            return "no manifest (an interrupted backup, or its manifest was lost)"
+        try:
+            Backup.model_validate(json.loads(manifest.read_text(encoding="utf-8")))
+        except (OSError, ValueError, ValidationError) as exc:
+            return f"unreadable manifest: {' '.join(str(exc).split())[:300]}"
+        return None
+
     def delete(self, policy: str, backup_id: str) -> None:
         """Remove the manifest first, so a deletion cut short never leaves a backup that looks complete."""
         folder = self._folder(policy, backup_id)
