@@ -216,3 +216,24 @@ def test_sigkill_during_a_quiesced_backup_is_repaired_by_the_next_start(frontend
         assert (folders[0] / "manifest.json").exists() and not list(repo_dir.rglob("*.dvtmp"))
     finally:
         app.remove(force=True)
+
+
+def test_a_differential_schedule_runs_differentials_on_the_full(frontend, docker_client, volumes, repo_dir):
+    """spec.differential beside spec.schedule: the first run is a full (no backup yet), the next slot of the
+    every-minute differential schedule a differential on it, in both front ends; status shows the level."""
+    from dockvault.api.policy import BackupPolicy
+    from dockvault.storage import repository_for
+
+    source = volumes("core-diff")
+    populate_volume(docker_client, source, megabytes=1)
+    doc = policy_doc("diff", [{"name": "media", "volume": {"name": source}}], repo_dir,
+                     differential={"schedule": "* * * * *"})
+    frontend.apply(doc)
+    frontend.start()
+    last = eventually("a differential", lambda: (
+        (s := frontend.policy_status("diff").get("lastBackup", {})) and s.get("level") == "differential"
+        and s.get("phase") in ("Succeeded", "Failed") and s), timeout=150)
+    assert last["phase"] == "Succeeded", last
+    backups = repository_for(BackupPolicy.model_validate(doc)).backups("diff")
+    full, diff = sorted(backups, key=lambda b: b.id)[:2]
+    assert (full.level, full.base, diff.level, diff.base) == ("full", None, "differential", full.id)
