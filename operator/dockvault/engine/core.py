@@ -334,7 +334,7 @@ class Engine:
             self.client.volumes.get(name).remove(force=True)
 
     def containers_using(self, volume: str) -> list[ContainerRef]:
-        found = self.client.containers.list(all=True, filters={"volume": volume})
+        found = self.client.containers.list(all=True, ignore_removed=True, filters={"volume": volume})
         return [ContainerRef(c.id, c.name, c.status) for c in found if LABEL_JOB not in c.labels]
 
     # --- container state (quiesce) -------------------------------------------------------------
@@ -505,14 +505,14 @@ class Engine:
         scratch = [LABEL_DRILL] if policy is None else [LABEL_DRILL, f"{LABEL_POLICY}={policy}"]
         removed = []
         # a transport probe of a killed dockvault (one that still runs belongs to a live process: left alone)
-        for container in self.client.containers.list(all=True, filters={"label": LABEL_PROBE}):
+        for container in self.client.containers.list(all=True, ignore_removed=True, filters={"label": LABEL_PROBE}):
             if _owner_alive(container.labels) or (LABEL_OWNER not in container.labels and container.status != "exited"):
                 continue  # a live dockvault's probe (one killed between create and start stays "created")
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.remove(force=True)
                 removed.append(container.name)
                 _remove_pipe_dir(container)
-        for container in self.client.containers.list(all=True, filters={"label": label}):
+        for container in self.client.containers.list(all=True, ignore_removed=True, filters={"label": label}):
             if container.labels.get(LABEL_POLICY) in spare or _owner_alive(container.labels):
                 continue
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
