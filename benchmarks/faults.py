@@ -12,7 +12,9 @@ It starts what it needs itself (PostgreSQL and MariaDB containers on the harness
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as dt
+import hashlib
 import json
 import os
 import random
@@ -23,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -70,6 +73,7 @@ def run_kills(args, root: Path, s3: S3Server) -> dict[str, Tally]:
                 site.close()
             for note in tally.notes:
                 log(f"  {note[:400]}")
+            log(f"{kind}: " + ", ".join(f"{f} {getattr(tally, f)}" for f in ("kills", *FIGURES)))
     finally:
         for server in (pg, maria):
             if server is not None:
@@ -86,25 +90,44 @@ def policy_doc(i: int, repo: Path, *, suspend: bool = False) -> dict:
                      "storage": {"local": {"path": str(repo)}}, "retention": {"keepLast": 7, "keepDaily": 14}}}
 
 
-def fake_repository(repo, policy: str, count: int) -> None:
-    """`count` complete backups of `policy`: a 1-byte artifact each and its manifest, written through the
-    repository's own writer, so listing reads real manifests."""
+def fake_backups(policy: str, count: int) -> Iterator[tuple[str, bytes]]:
+    """`count` complete backups of `policy` as (backup id, manifest bytes): one 1-byte artifact each."""
     from dockvault.api.backup import Artifact, Backup, BackupSpec, BackupStatus
+    from dockvault.storage.base import manifest_chunks
 
     start = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
     for n in range(count):
         when = start + dt.timedelta(hours=n)
         backup_id = when.strftime("%Y%m%dT%H%M%SZ")
-        writer = repo.begin(policy, backup_id)
-        with writer.artifact("data.tar.zst") as out:
-            out.write(b"x")
         artifact = Artifact(target="data", source="volume", file="data.tar.zst", bytes=1, raw_bytes=1,
-                            sha256="2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
-                            compression="zstd", started_at=when, completed_at=when)
-        writer.commit(Backup(metadata={"name": f"{policy}-{backup_id.lower()}"},
-                             spec=BackupSpec(policy=policy, id=backup_id, trigger="schedule"),
-                             status=BackupStatus(phase="Succeeded", started_at=when, completed_at=when,
-                                                 duration_seconds=1.0, bytes=1, artifacts=[artifact])))
+                            sha256=hashlib.sha256(b"x").hexdigest(), compression="zstd", started_at=when,
+                            completed_at=when)
+        record = Backup(metadata={"name": f"{policy}-{backup_id.lower()}"},
+                        spec=BackupSpec(policy=policy, id=backup_id, trigger="schedule"),
+                        status=BackupStatus(phase="Succeeded", started_at=when, completed_at=when,
+                                            duration_seconds=1.0, bytes=1, artifacts=[artifact]))
+        yield backup_id, b"".join(manifest_chunks(record))
+
+
+def fake_local_repository(root: Path, policy: str, count: int) -> None:
+    """The repository layout written straight (no fsync: only listing is measured)."""
+    for backup_id, manifest in fake_backups(policy, count):
+        folder = root / policy / backup_id
+        folder.mkdir(parents=True)
+        (folder / "data.tar.zst").write_bytes(b"x")
+        (folder / "manifest.json").write_bytes(manifest)
+
+
+def fake_s3_repository(s3: S3Server, bucket: str, policy: str, count: int) -> None:
+    client = s3.client()
+
+    def put(item: tuple[str, bytes]) -> None:
+        backup_id, manifest = item
+        client.put_object(Bucket=bucket, Key=f"{policy}/{backup_id}/data.tar.zst", Body=b"x")
+        client.put_object(Bucket=bucket, Key=f"{policy}/{backup_id}/manifest.json", Body=manifest)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, fake_backups(policy, count)))
 
 
 def timed_listing(env: dict[str, str], config: Path, policy: str) -> float:
@@ -121,10 +144,6 @@ def timed_listing(env: dict[str, str], config: Path, policy: str) -> float:
 def run_load(args, root: Path, s3: S3Server) -> dict[str, float]:
     from dockvault.frontends.standalone import Controller
     from dockvault.frontends.state import StateStore
-    from dockvault.storage.local import LocalRepository
-    from dockvault.storage.s3 import S3Repository
-    from dockvault.api.policy import S3Storage
-
     figures: dict[str, float] = {}
     config, repo = root / "load-config", root / "load-repo"
     config.mkdir()
@@ -141,7 +160,7 @@ def run_load(args, root: Path, s3: S3Server) -> dict[str, float]:
     assert len(due) == args.policies, f"{len(due)} policies loaded of {args.policies}"
 
     log(f"writing {args.backups} backups into a local repository and into S3")
-    fake_repository(LocalRepository(repo), "load-0000", args.backups)
+    fake_local_repository(repo, "load-0000", args.backups)
     env = dict(os.environ, **s3.env)
     local_config = root / "load-local-config"
     local_config.mkdir()
@@ -151,16 +170,9 @@ def run_load(args, root: Path, s3: S3Server) -> dict[str, float]:
     s3_config = root / "load-s3-config"
     s3_config.mkdir()
     doc = policy_doc(0, repo)
-    doc["spec"]["storage"] = {"s3": {**s3.storage(bucket)["s3"]}}
+    doc["spec"]["storage"] = s3.storage(bucket)
     (s3_config / "p.yaml").write_text(yaml.safe_dump(doc))
-    with_keys = os.environ.copy()
-    os.environ.update(s3.env)
-    try:
-        fake_repository(S3Repository(S3Storage.model_validate(doc["spec"]["storage"]["s3"])), "load-0000",
-                        args.backups)
-    finally:
-        os.environ.clear()
-        os.environ.update(with_keys)
+    fake_s3_repository(s3, bucket, "load-0000", args.backups)
     figures["list_s3_seconds"] = timed_listing(env, s3_config, "load-0000")
 
     # the service with many policies, suspended (their volumes do not exist): /metrics scrape time and RSS
@@ -203,7 +215,7 @@ def run_load(args, root: Path, s3: S3Server) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------- report --
 def print_kills(tallies: dict[str, Tally]) -> None:
-    print(f"\nSIGKILL at random points (next start: `dockvault run --once`, then the next job)")
+    print("\nSIGKILL at random points (next start: `dockvault run --once`, then the next job)")
     print(f"  {'job kind':18} {'kills':>5}  {'corrupt/half-listed':>19} {'earlier lost':>12} {'apps stopped':>12} "
           f"{'leftovers':>9} {'next run failed':>15}")
     total = Tally()
@@ -216,7 +228,7 @@ def print_kills(tallies: dict[str, Tally]) -> None:
 
 
 def print_load(figures: dict[str, float], policies: int, backups: int) -> None:
-    print(f"\nLoad")
+    print("\nLoad")
     rows = [(f"{policies} policies loaded and scheduled", "load_seconds", "s"),
             (f"{backups} backups listed (local)", "list_local_seconds", "s"),
             (f"{backups} backups listed (S3, SeaweedFS)", "list_s3_seconds", "s"),

@@ -370,8 +370,8 @@ app.command("verify", hidden=True, deprecated=True, help="Deprecated name of `do
 
 def _emit(rows: list[dict], columns: list[str], output: str) -> None:
     from rich.table import Table
-    if output == "json":
-        out.print_json(json.dumps(rows, default=str))
+    if output == "json":  # plain: rich's highlighting took 95% of the time to list 10,000 backups
+        sys.stdout.write(json.dumps(rows, default=str, indent=2) + "\n")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:
