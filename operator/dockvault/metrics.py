@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .api.backup import Backup
 from .api.notify import CHANNELS
-from .api.policy import BackupPolicy, CopyStatus
+from .api.policy import BackupPolicy, CopyStatus, RepositoryCheck
 from .controller.status import Attempt, Measurement, parse_time
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class PolicyFacts:
     rto_seconds: float | None  # last measured restore/drill duration
     drill_last_success_timestamp: float | None  # unix seconds: completion of the last successful restore drill
     copy_last_success: Mapping[str, float | None] = dataclasses.field(default_factory=dict)  # copy -> unix seconds
+    check_last_timestamp: float | None = None  # unix seconds: completion of the last scheduled repository check
+    check_damaged_artifacts: int | None = None  # damaged artifacts and manifests the last check found
 
 
 class DockvaultMetrics:
@@ -222,6 +224,8 @@ class FactsCollector(Collector):
             gauge("repository_backups", facts, facts.repository_backups)
             for copy, at in sorted(facts.copy_last_success.items()):
                 gauge("copy_last_success_timestamp_seconds", facts, at, copy)
+            gauge("check_last_run_timestamp_seconds", facts, facts.check_last_timestamp)
+            gauge("check_damaged_artifacts", facts, facts.check_damaged_artifacts)
         by_name[PREFIX + "policies"].add_metric([], len(seen))
         for old, new in DEPRECATED_GAUGES.items():
             for sample in by_name[PREFIX + new].samples:
@@ -279,13 +283,18 @@ class FactsCollector(Collector):
             GaugeMetricFamily(PREFIX + "copy_last_success_timestamp_seconds",
                               "Unix time in seconds when a sync of the copy (3-2-1) last succeeded.",
                               labels=[*POLICY_LABELS, "copy"]),
+            family("check_last_run_timestamp_seconds",
+                   "Unix time in seconds when the last scheduled repository check (spec.check) ended."),
+            family("check_damaged_artifacts",
+                   "Damaged artifacts and manifests the last repository check found, in the primary and all copies."),
             GaugeMetricFamily(PREFIX + "policies", "Backup policies known to this operator."),
             *(family(old, f"Deprecated: the same as {PREFIX}{new}.") for old, new in DEPRECATED_GAUGES.items()),
         ]
 
 
 def facts_for(policy: BackupPolicy, backups: Sequence[Backup], *, last: Attempt | None, measured: Measurement | None,
-              drilled_at: float | None, copies: Sequence[CopyStatus] = ()) -> PolicyFacts:
+              drilled_at: float | None, copies: Sequence[CopyStatus] = (),
+              check: RepositoryCheck | None = None) -> PolicyFacts:
     """A policy's facts from its spec, its repository and what the front end remembers of its runs."""
     good = [b for b in backups if b.succeeded]
     newest = max(good, key=lambda b: b.status.completed_at, default=None)
@@ -306,4 +315,7 @@ def facts_for(policy: BackupPolicy, backups: Sequence[Backup], *, last: Attempt 
         rto_seconds=measured.seconds if measured else None,
         drill_last_success_timestamp=drilled_at,
         copy_last_success={c.name: (t.timestamp() if (t := parse_time(c.last_success_at)) else None) for c in copies},
+        check_last_timestamp=(t.timestamp() + check.duration_seconds) if check and (t := parse_time(check.started_at))
+        else None,
+        check_damaged_artifacts=check.damaged_artifacts if check else None,
     )

@@ -57,7 +57,7 @@ class Event:
 
     policy: str
     target: str | None
-    kind: Literal["backup", "restore", "drill", "copy"]
+    kind: Literal["backup", "restore", "drill", "copy", "check"]
     phase: Literal["Succeeded", "Failed"]
     backup_id: str | None
     bytes: int | None
@@ -275,6 +275,8 @@ _ADVICE = {
     "restore": "The restore did not complete; the restore request's status says what failed.",
     "drill": "The restore drill failed: the backups of this policy may not restore when needed.",
     "copy": "The backup itself is safe in the primary repository; the copy catches up on its next sync.",
+    "check": "The repository check found damage: the damaged backups will not restore. `dockvault check POLICY "
+             "--read-data` names each damaged artifact; restores of the other backups still work.",
 }
 
 

@@ -245,3 +245,44 @@ def test_s3_repository_damage_is_found_and_listed(s3_server, s3_env):
     assert problems[(IDS[1], MANIFEST_DAMAGE)].startswith("unreadable manifest")
     assert problems[(IDS[2], MANIFEST_DAMAGE)].startswith("no manifest")
     assert report.backups == 3 and not report.ok
+
+
+@pytest.mark.docker
+def test_a_scheduled_check_finds_the_damage_and_exports_it(tmp_path, engine):
+    """spec.check through the standalone front end and the job runner: the check is due at once, records its
+    outcome in the state, fails the pass, and the metric the alert watches counts the damage."""
+    from prometheus_client import CollectorRegistry
+
+    from dockvault.frontends.standalone import Controller
+    from dockvault.frontends.state import StateStore
+    from dockvault.metrics import DockvaultMetrics
+
+    repo, config = tmp_path / "repo", tmp_path / "config"
+    config.mkdir()
+    fill(LocalRepository(repo))
+    doc = policy_doc({"local": {"path": str(repo)}}).to_dict()
+    doc["spec"]["check"] = {"schedule": "0 4 * * *", "readData": True}
+    (config / "vault.yaml").write_text(json.dumps(doc))
+
+    def run_once(state_dir: str) -> tuple[bool, CollectorRegistry, StateStore]:
+        state = StateStore(tmp_path / state_dir)  # a fresh state each time: the check is due at once
+        controller = Controller(config_dir=config, state=state, engine=lambda: engine)
+        registry = CollectorRegistry()
+        controller.metrics = DockvaultMetrics(registry, controller.facts)
+        try:
+            return controller.run_once(), registry, state
+        finally:
+            controller.shutdown()
+
+    ok, registry, state = run_once("state-1")
+    labels = {"policy": POLICY, "host": "local"}
+    assert ok and registry.get_sample_value("dockvault_check_damaged_artifacts", labels) == 0
+    assert state.last_check(POLICY).succeeded and state.last_check(POLICY).backups == 3
+    _flip(repo / POLICY / IDS[1] / ARTIFACT)
+    (repo / POLICY / IDS[2] / "manifest.json").write_text("{}")
+    ok, registry, state = run_once("state-2")
+    assert not ok
+    assert registry.get_sample_value("dockvault_check_damaged_artifacts", labels) == 2
+    assert registry.get_sample_value("dockvault_check_last_run_timestamp_seconds", labels) is not None
+    check = state.last_check(POLICY)
+    assert not check.succeeded and check.damaged_backups == 2 and IDS[1] in check.message and IDS[2] in check.message

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..api.backup import Artifact, Backup
-from ..api.policy import BackupPolicy
+from ..api.policy import BackupPolicy, RepositoryCheck
 from ..storage.base import Repository, StorageError
 from ..storage.codec import ChecksumMismatch
 
@@ -163,3 +163,17 @@ def check_policy(policy: BackupPolicy, repository: Repository, *, read_data: boo
     return [check_repository(policy.name, repo, name=name, read_data=read_data, subset=subset, seed=seed,
                              cancel=cancel)
             for name, repo in sources_of(policy, repository, None)]
+
+
+def summarize(reports: list[CheckReport], *, started_at: str) -> RepositoryCheck:
+    """One check's outcome over all its repositories, as status and metrics keep it."""
+    damaged = [f"{r.repository}: {', '.join(r.damaged_backups)}" for r in reports if r.damage]
+    errors = [f"{r.repository}: {r.error}" for r in reports if r.error]
+    artifacts = sum(len(r.damage) for r in reports)
+    message = "; ".join([*(f"damaged backups in {d}" for d in damaged), *errors]) or \
+        f"{sum(r.backups for r in reports)} backups in {len(reports)} repositories intact"
+    return RepositoryCheck(phase="Succeeded" if all(r.ok for r in reports) else "Failed", started_at=started_at,
+                           duration_seconds=round(sum(r.seconds for r in reports), 3),
+                           backups=sum(r.backups for r in reports),
+                           damaged_backups=sum(len(r.damaged_backups) for r in reports), damaged_artifacts=artifacts,
+                           read_data=any(r.read_data for r in reports), message=message)

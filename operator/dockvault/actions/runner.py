@@ -1,7 +1,8 @@
-"""The one job runner: both front ends and the one-shot commands run every backup, restore and drill through it.
+"""The one job runner: both front ends and the one-shot commands run every backup, restore, drill and check
+through it.
 
 Given the resources, the state and the time, it asks controller.jobs what is due (restores, then backups,
-then drills), runs each job under its policy's lock and within `max_parallel`, records the outcome in the
+then drills, then repository checks), runs each job under its policy's lock and within `max_parallel`, records the outcome in the
 state, updates the metrics, sends the notifications and tells the front end (which writes status and
 events). Any exception inside a job ends as a recorded Failed outcome, logged once with its traceback; a
 temporary failure is retried with backoff before the next slot.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..api.backup import Backup
-from ..api.policy import BackupPolicy, Drill
+from ..api.policy import BackupPolicy, Drill, RepositoryCheck
 from ..api.restore import RestoreRequest, RestoreRequestStatus
 from ..controller import jobs
 from ..controller.jobs import Job
@@ -41,6 +42,7 @@ from .restore import RestoreOutcome, run_restore
 from .state import PolicyJournal, State
 from .copy import CopyOutcome, sync_copies
 from .drill import DrillOutcome, run_drill
+from .check import CheckReport, check_policy, summarize
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class JobResult:
     backup: BackupOutcome | None = None
     restore: RestoreOutcome | None = None
     drill: DrillOutcome | None = None
+    check: list[CheckReport] | None = None
     request: RestoreRequest | None = None
     copies: list[CopyOutcome] = field(default_factory=list)
 
@@ -132,11 +135,13 @@ class JobRunner:
         if listing is None:
             listing = self._remember_listing(key, repository_for(policy).backups(policy.name))
         drill = self.state.last_drill(key)
+        check = self.state.last_check(key)
         return jobs.History(
             last_attempt=self.state.last_attempt(key),
             newest_backup_started=listing[0],
             last_drill=parse_time(drill.started_at) if drill else None,
             has_backup=listing[1],
+            last_check=parse_time(check.started_at) if check else None,
         )
 
     def restore_pending(self, key: str, request: RestoreRequest, policy_key: str, policy: BackupPolicy) -> bool:
@@ -216,6 +221,8 @@ class JobRunner:
                 elif job.kind == "restore":
                     request = resources.restores[job.request][0]
                     result = self._restore(job, policy, request)
+                elif job.kind == "check":
+                    result = self._check(job, policy)
                 else:
                     result = self._drill(job, policy)
         except Exception as exc:  # noqa: BLE001 - any job ends recorded, never silently, never re-run each tick
@@ -316,6 +323,19 @@ class JobRunner:
         return JobResult(job, policy, outcome.succeeded, drill.message or "", drill.backup,
                          None if outcome.succeeded else jobs.PERMANENT, drill=outcome)
 
+    def _check(self, job: Job, policy: BackupPolicy) -> JobResult:
+        """A scheduled repository check of the primary and every copy (the CLI's `dockvault check` without state)."""
+        spec = policy.spec.check
+        started = self.clock()
+        reports = check_policy(policy, repository_for(policy), read_data=bool(spec and spec.read_data),
+                               subset=spec.subset if spec else None, cancel=self.cancel)
+        check = summarize(reports, started_at=iso(started))
+        self.state.record_check(job.policy, check)
+        if not check.succeeded:
+            self._notify(job.policy, policy, "check", "Failed", None, None, check.duration_seconds, check.message)
+        return JobResult(job, policy, check.succeeded, check.message or "", None,
+                         None if check.succeeded else jobs.PERMANENT, check=reports)
+
     def _unexpected(self, job: Job, policy: BackupPolicy, resources: Resources, exc: Exception) -> JobResult:
         """Record an exception no action caught: Failed with a message, temporary when the engine was away."""
         temporary = is_temporary(exc)
@@ -342,6 +362,9 @@ class JobRunner:
                 with contextlib.suppress(Exception):
                     repository_for(policy).save_restore(request.name, request.spec_hash, failed)
                 self.state.record_restore(job.request, request.spec_hash, job.policy, failed)
+            elif job.kind == "check":
+                self.state.record_check(job.policy, RepositoryCheck(phase="Failed", started_at=iso(now),
+                                                                    duration_seconds=0.0, backups=0, message=message))
             else:
                 self.state.record_drill(job.policy, now, Drill(phase="Failed", started_at=iso(now),
                                                                duration_seconds=0.0, message=message))
@@ -448,7 +471,7 @@ class JobRunner:
             self._remember_listing(key, backups)
             facts = facts_for(policy, backups, last=self.state.last_attempt(key),
                               measured=self.state.last_measurement(key), drilled_at=drilled_at,
-                              copies=self.state.copy_statuses(key))
+                              copies=self.state.copy_statuses(key), check=self.state.last_check(key))
         except Exception:  # noqa: BLE001 - keep the last facts; the next refresh tries again
             log.exception("policy %s: cannot refresh its metrics", key)
             return

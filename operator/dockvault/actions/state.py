@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from ..api.policy import CopyStatus, Drill
+from ..api.policy import CopyStatus, Drill, RepositoryCheck
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
@@ -36,6 +36,11 @@ class State(Protocol):
 
     def last_measurement(self, policy: str) -> Measurement | None:
         """The newest successful restore or drill of the policy: the RTO last achieved."""
+
+    # --- repository checks (spec.check) ---------------------------------------------------------------
+    def last_check(self, policy: str) -> RepositoryCheck | None: ...
+
+    def record_check(self, policy: str, check: RepositoryCheck) -> None: ...
 
     # --- copies (3-2-1) ------------------------------------------------------------------------------
     def copy_statuses(self, policy: str) -> list[CopyStatus]: ...

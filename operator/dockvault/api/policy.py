@@ -244,6 +244,25 @@ class DrillSpec(Schema):
     checks: list[DrillCheck] = Field(default_factory=list)
 
 
+class CheckSpec(Schema):
+    """Scheduled repository checks (`dockvault check`) of the primary and every copy; damage shows in the
+    metric dockvault_check_damaged_artifacts and fires DockvaultRepositoryDamaged."""
+
+    schedule: Cron = Field(description="cron schedule of checks, in the policy's time zone")
+    read_data: bool = Field(False, description="also read the artifacts back and compare their sha256 (else sizes only)")
+    subset: float | None = Field(None, ge=0, le=100, description="with readData: read a random percentage of the "
+                                                                 "artifacts (greater than 0), a fresh sample each run "
+                                                                 "(default: all)")
+
+    @model_validator(mode="after")
+    def _subset_reads(self) -> CheckSpec:
+        if self.subset is not None and not self.read_data:
+            raise ValueError("subset needs readData: true")
+        if self.subset == 0:  # a CRD minimum is inclusive: the model refuses the bound itself
+            raise ValueError("subset must be greater than 0")
+        return self
+
+
 Level = Literal["full", "differential", "incremental"]
 
 
@@ -273,6 +292,7 @@ class BackupPolicySpec(Schema):
     notify: NotifySpec | None = Field(None, description="mail and webhooks on failure (and on success when asked)")
     drill: DrillSpec | None = None
     verify: DrillSpec | None = Field(None, description="deprecated alias of drill (read as drill; give only one)")
+    check: CheckSpec | None = None
     suspend: bool = False
 
     @model_validator(mode="before")
@@ -370,6 +390,23 @@ class Drill(Schema):
         return {"result" if k == "phase" else k: v for k, v in body.items()}
 
 
+class RepositoryCheck(Schema):
+    """One check's outcome over the primary and every copy: Failed when anything is damaged or unreadable."""
+
+    phase: Literal["Succeeded", "Failed"]
+    started_at: str
+    duration_seconds: float
+    backups: int = Field(description="backups looked at, in all repositories")
+    damaged_backups: int = 0
+    damaged_artifacts: int = Field(0, description="damaged artifacts and manifests, in all repositories")
+    read_data: bool = False
+    message: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == "Succeeded"
+
+
 class CopyStatus(Schema):
     """The last sync of one copy (3-2-1) and what the copy holds."""
 
@@ -403,6 +440,7 @@ class BackupPolicyStatus(Schema):
     measured_rto: MeasuredRto | None = None
     last_drill: Drill | None = None
     last_successful_drill: Drill | None = None
+    last_check: RepositoryCheck | None = Field(None, description="the last scheduled repository check (spec.check)")
     last_verification: dict[str, Any] | None = Field(
         None, description="deprecated: lastDrill with `result` for `phase` (written until v1beta1)",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})

@@ -3,7 +3,8 @@
 Both front ends hand the job runner (actions/runner.py) the same facts and get the same answers, so a
 policy behaves alike in standalone and Kubernetes mode.
 
-Priorities: restores first (someone is waiting, maybe in a disaster), then backups, then restore drills.
+Priorities: restores first (someone is waiting, maybe in a disaster), then backups, then restore drills, then
+repository checks.
 A backup that failed for a temporary reason (engine unreachable or 5xx, container not running, a timeout)
 is retried with exponential backoff, the first retry within 30 s, the delay capped at 15 minutes, and never
 past the policy's next scheduled slot: that slot is a fresh start.
@@ -18,11 +19,11 @@ from typing import Literal
 
 from ..api.policy import BackupPolicy
 from ..api.restore import RestoreRequest
-from .schedule import backup_due, drill_due, next_slot
+from .schedule import backup_due, check_due, drill_due, next_slot
 from .status import Attempt
 
-JobKind = Literal["restore", "backup", "drill"]
-PRIORITY: dict[str, int] = {"restore": 0, "backup": 1, "drill": 2}
+JobKind = Literal["restore", "backup", "drill", "check"]
+PRIORITY: dict[str, int] = {"restore": 0, "backup": 1, "drill": 2, "check": 3}
 
 # Failure classes of a finished job (Attempt.error):
 TEMPORARY = "temporary"  # retried with backoff
@@ -59,6 +60,7 @@ class History:
     newest_backup_started: datetime | None = None  # from the repository, when the state was lost
     last_drill: datetime | None = None
     has_backup: bool = False
+    last_check: datetime | None = None
 
 
 def retry_delay(attempt: int) -> timedelta:
@@ -96,6 +98,11 @@ def drill_job(policy: BackupPolicy, key: str, history: History, now: datetime) -
     return Job("drill", key, due.reason) if due.due else None
 
 
+def check_job(policy: BackupPolicy, key: str, history: History, now: datetime) -> Job | None:
+    due = check_due(policy.spec, last_check=history.last_check, has_backup=history.has_backup, now=now)
+    return Job("check", key, due.reason) if due.due else None
+
+
 def plan(
     policies: Sequence[tuple[str, BackupPolicy, History]],
     restores: Sequence[tuple[str, RestoreRequest, str]],
@@ -108,5 +115,6 @@ def plan(
     """
     jobs = [Job("restore", policy_key, "requested", request=key) for key, _request, policy_key in restores]
     for key, policy, history in policies:
-        jobs += [job for job in (backup_job(policy, key, history, now), drill_job(policy, key, history, now)) if job]
+        jobs += [job for job in (backup_job(policy, key, history, now), drill_job(policy, key, history, now),
+                                 check_job(policy, key, history, now)) if job]
     return sorted(jobs, key=lambda job: job.sort_key)

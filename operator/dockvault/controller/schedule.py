@@ -83,13 +83,23 @@ def backup_due(spec: BackupPolicySpec, *, last_attempt: datetime | None, now: da
 
 def drill_due(spec: BackupPolicySpec, *, last_drill: datetime | None, has_backup: bool, now: datetime) -> Due:
     """Is a restore drill due? Like backups, a first drill runs at once, but only once there is a backup to drill."""
-    if spec.drill is None or spec.drill.schedule is None:
-        return Due(False, "no drill schedule", None)
+    return _after_backups("drill", spec.drill.schedule if spec.drill else None, spec, last_drill, has_backup, now)
+
+
+def check_due(spec: BackupPolicySpec, *, last_check: datetime | None, has_backup: bool, now: datetime) -> Due:
+    """Is a repository check due? Scheduled like drills: the first at once, once there is a backup to check."""
+    return _after_backups("check", spec.check.schedule if spec.check else None, spec, last_check, has_backup, now)
+
+
+def _after_backups(what: str, schedule: str | None, spec: BackupPolicySpec, last: datetime | None, has_backup: bool,
+                   now: datetime) -> Due:
+    if schedule is None:
+        return Due(False, f"no {what} schedule", None)
     if spec.suspend:
         return Due(False, "suspended", None)
     if not has_backup:
-        return Due(False, "no successful backup to drill yet", None)
-    if last_drill is None:
-        return Due(True, "no drill yet", now)
-    slot = next_run(spec.drill.schedule, spec.timezone, last_drill)
+        return Due(False, f"no successful backup to {what} yet", None)
+    if last is None:
+        return Due(True, f"no {what} yet", now)
+    slot = next_run(schedule, spec.timezone, last)
     return Due(slot <= now, "scheduled" if slot <= now else "waiting", slot)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..api.policy import CopyStatus, Drill, QuiescedContainer
+from ..api.policy import CopyStatus, Drill, QuiescedContainer, RepositoryCheck
 from ..api.restore import RestoreRequestStatus
 from ..controller.resources import last_attempt_of, measurement_of, plain, previous_status, restore_patch
 from ..controller.status import Attempt, Measurement, iso, parse_time
@@ -30,6 +30,7 @@ class _Policy:
     measured: Measurement | None = None
     quiesced: list[QuiescedContainer] = field(default_factory=list)
     copies: dict[str, CopyStatus] = field(default_factory=dict)
+    last_check: RepositoryCheck | None = None
 
 
 @dataclass
@@ -80,7 +81,7 @@ class KubeState:
                 last_attempt=last_attempt_of(status), last_drill=last,
                 last_good_drill=good or (last if last is not None and last.succeeded else None),
                 measured=measurement_of(status), quiesced=list(status.quiesced or []),
-                copies={c.name: c for c in status.copies or []})
+                copies={c.name: c for c in status.copies or []}, last_check=status.last_check)
 
     def observe_restore(self, key: str, body: Mapping[str, Any], *, spec_hash: str, policy: str) -> None:
         """Remember a request's recorded outcome for its current spec (a Running one was interrupted)."""
@@ -116,6 +117,8 @@ class KubeState:
             if memo.last_good_drill is not None:
                 extras["lastSuccessfulDrill"] = memo.last_good_drill.to_dict()
                 extras["lastSuccessfulVerification"] = memo.last_good_drill.legacy()  # deprecated
+            if memo.last_check is not None:
+                extras["lastCheck"] = memo.last_check.to_dict()
             return extras
 
     def _memo(self, key: str) -> _Policy:
@@ -152,6 +155,14 @@ class KubeState:
             if drill.succeeded:
                 memo.last_good_drill = drill
                 memo.measured = Measurement(drill.duration_seconds or 0.0, started_at, drill.backup, "drill")
+
+    def last_check(self, policy: str) -> RepositoryCheck | None:
+        with self._guard:
+            return self._memo(policy).last_check
+
+    def record_check(self, policy: str, check: RepositoryCheck) -> None:
+        with self._guard:
+            self._memo(policy).last_check = check
 
     def copy_statuses(self, policy: str) -> list[CopyStatus]:
         with self._guard:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..api.backup import Backup
 from ..api.common import Condition
-from ..api.policy import CopyStatus, Drill
+from ..api.policy import CopyStatus, Drill, RepositoryCheck
 from ..api.restore import RestoreRequestStatus
 from ..controller.status import Attempt, Measurement
 from ..engine.core import ContainerRef
@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS restores (
   PRIMARY KEY (name, spec_hash));
 CREATE TABLE IF NOT EXISTS drills (
   policy TEXT NOT NULL, started_at TEXT NOT NULL, verification TEXT NOT NULL, PRIMARY KEY (policy, started_at));
+CREATE TABLE IF NOT EXISTS checks (
+  policy TEXT NOT NULL PRIMARY KEY, outcome TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS copies (
   policy TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (policy, name));
 CREATE TABLE IF NOT EXISTS conditions (
@@ -189,6 +191,14 @@ class StateStore:
     def last_successful_drill(self, policy: str) -> Drill | None:
         good = [d for _at, d in self.drills(policy) if d.succeeded]
         return good[-1] if good else None
+
+    def last_check(self, policy: str) -> RepositoryCheck | None:
+        rows = self._run("SELECT outcome FROM checks WHERE policy=?", (policy,))
+        return RepositoryCheck.model_validate_json(rows[0][0]) if rows else None
+
+    def record_check(self, policy: str, check: RepositoryCheck) -> None:
+        self._run("INSERT OR REPLACE INTO checks VALUES (?,?)",
+                  (policy, check.model_dump_json(by_alias=True, exclude_none=True)))
 
     def copy_statuses(self, policy: str) -> list[CopyStatus]:
         rows = self._run("SELECT status FROM copies WHERE policy=? ORDER BY name", (policy,))
