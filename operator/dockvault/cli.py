@@ -460,7 +460,7 @@ def get_backups(
         repository = repository_for(item.resource)  # type: ignore[arg-type]
         records = {record.id: record for record in repository.backups(name)}
         damage: dict[str, list[str]] = {}
-        for d in check_repository(name, repository).damage:
+        for d in check_repository(name, repository, backups=list(records.values())).damage:
             damage.setdefault(d.backup_id, []).append(d.problem if d.artifact == MANIFEST_DAMAGE
                                                       else f"{d.artifact}: {d.problem}")
         for backup_id in sorted(records.keys() | damage.keys()):

@@ -122,13 +122,14 @@ def _hash(repository: Repository, policy: str, backup: Backup, artifact: Artifac
 
 
 def check_repository(policy: str, repository: Repository, *, name: str = "primary", read_data: bool = False,
-                     subset: float | None = None, seed: int | None = None,
-                     cancel: threading.Event | None = None) -> CheckReport:
-    """Check one repository's backups of `policy`; never raises for what it finds."""
+                     subset: float | None = None, seed: int | None = None, cancel: threading.Event | None = None,
+                     backups: list[Backup] | None = None) -> CheckReport:
+    """Check one repository's backups of `policy` (`backups`: its listing, when the caller has just read it);
+    never raises for what it finds."""
     clock = time.monotonic()
     seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
     try:
-        backups = repository.backups(policy)
+        backups = repository.backups(policy) if backups is None else backups
         stored = repository.stored_files(policy)
         recorded = {b.id for b in backups}
         problems = {bid: repository.manifest_problem(policy, bid) or "no valid manifest"

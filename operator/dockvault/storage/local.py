@@ -115,10 +115,14 @@ class LocalRepository:
     def stored_files(self, policy: str) -> dict[str, dict[str, int]]:
         folder = self.root / policy
         found: dict[str, dict[str, int]] = {}
-        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if entry.is_dir() and not entry.name.startswith("."):
-                found[entry.name] = {f.name: f.stat().st_size for f in entry.iterdir() if f.is_file()}
-        return found
+        if not folder.is_dir():
+            return found
+        with os.scandir(folder) as backups:
+            for entry in backups:
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                    with os.scandir(entry.path) as files:
+                        found[entry.name] = {f.name: f.stat().st_size for f in files if f.is_file()}
+        return dict(sorted(found.items()))
 
     def manifest_problem(self, policy: str, backup_id: str) -> str | None:
         manifest = self._folder(policy, backup_id) / MANIFEST
