@@ -221,6 +221,8 @@ def test_restore_refuses_before_touching_the_target(damaged, docker_client, engi
                      "targets": [{"from": "data", "volume": {"name": volume, "overwrite": overwrite}}]}})
         result = run_restore(request, policy, engine=engine, repository=LocalRepository(repo))
         assert result.status.phase == "Failed", f"{name}: {result.status.message}"
+        if "manifest" in name:
+            assert f"backup {IDS[-1]} of policy 'vault' is damaged: " in result.status.message
     assert snapshot_volume(docker_client, existing) == before
     assert fresh not in [v.name for v in docker_client.volumes.list()]
 

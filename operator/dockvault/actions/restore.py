@@ -257,7 +257,15 @@ def _open_source(request: RestoreRequest, policy: BackupPolicy, repository: Repo
     """The backup (`backup_id` once an earlier source chose it) and its plan in one source. Artifacts of targets
     restored without a staging area are checksummed whole here, before any write; the others as they stream."""
     backups = repository.backups(policy.name)
-    backup = select_backup(backups, backup_id or request.spec.backup, policy=policy.name)
+    wanted = backup_id or request.spec.backup
+    try:
+        backup = select_backup(backups, wanted, policy=policy.name)
+    except NoSuchBackup:  # say so when the backup is there but its manifest is damaged, not that it is missing
+        if isinstance(wanted, str) and wanted != "latest" and repository.exists(policy.name, wanted):
+            problem = repository.manifest_problem(policy.name, wanted)
+            if problem:
+                raise NoSuchBackup(f"backup {wanted} of policy {policy.name!r} is damaged: {problem}") from None
+        raise
     plan = _plan(request, backup, backups)
     links = [link for _, ll in plan for link in ll]
     reader = BackupReader(repository, policy.name, backup, identities_for(policy, [a for a, _ in links]))

@@ -58,6 +58,9 @@ class Repository(Protocol):
     def stored_files(self, policy: str) -> dict[str, dict[str, int]]:
         """Every backup folder of `policy`, complete or not: backup id -> {file name: stored size in bytes}."""
 
+    def exists(self, policy: str, backup_id: str) -> bool:
+        """Does the backup's folder hold anything (complete or not)?"""
+
     def manifest_problem(self, policy: str, backup_id: str) -> str | None:
         """Why the folder's manifest is not a valid backup record (missing, unreadable, invalid); None if it is."""
 
