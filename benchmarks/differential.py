@@ -94,16 +94,17 @@ class StagedRun(Run):
     stages: dict | None = None
 
 
-def helper_stages(policy: str, since: float, until: float, seconds: float) -> dict:
-    """The stages of one dockvault command (see StagedRun) that ran from `since` to `until` (epoch seconds).
-    The transport probe (a `cat` container that `auto` runs before the first helper) is counted apart; a probe of
-    another dockvault on the engine in the same window would be counted too."""
-    out = docker("events", "--since", f"{since:.6f}", "--until", f"{until:.6f}", "--filter", "type=container",
-                 "--format", "{{json .}}")
+def helper_stages(events: str, policy: str, since: float, seconds: float) -> dict:
+    """The stages of one dockvault command (see StagedRun) that started at `since` (epoch seconds), from the
+    `docker events` lines streamed while it ran (the engine keeps only its last 256 events for a later query,
+    too few while other sessions use it). The transport probe (a `cat` container that `auto` runs before the
+    first helper) is counted apart; a probe of another dockvault on the engine at the same time would be too."""
     helpers: dict[str, dict[str, float]] = {}
     probes: dict[str, dict[str, float]] = {}
-    for line in out.splitlines():
+    for line in events.splitlines():
         event = json.loads(line)
+        if not since - 0.5 <= event.get("timeNano", 0) / 1e9 <= since + seconds + 0.5:
+            continue
         labels = event.get("Actor", {}).get("Attributes", {})
         group = helpers if labels.get(LABEL_POLICY) == policy else probes if LABEL_PROBE in labels else None
         if group is not None and event.get("Action") in ("create", "start", "die", "destroy"):
@@ -253,11 +254,19 @@ class Bench:
         return run_timed(cmd, label=label, scratch=self.scratch, env=env)
 
     def dockvault(self, *args: str, policy: str, config: Path, label: str) -> StagedRun:
-        run = run_timed([*DOCKVAULT, *args, "--config-dir", str(config), "--state-dir", str(self.state),
-                         "--helper-image", self.image], label=label, scratch=self.scratch, env=self.env, make=StagedRun)
-        # the command started after run_timed's sync and quiet wait: its start is its end minus its wall time
-        end = time.time() - run.flush_seconds
-        run.stages = helper_stages(policy, end - run.seconds, end + 0.5, run.seconds)
+        events = subprocess.Popen(["docker", "events", "--filter", "type=container", "--format", "{{json .}}"],
+                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        try:
+            run = run_timed([*DOCKVAULT, *args, "--config-dir", str(config), "--state-dir", str(self.state),
+                             "--helper-image", self.image], label=label, scratch=self.scratch, env=self.env,
+                            make=StagedRun)
+            # the command started after run_timed's sync and quiet wait: its start is its end minus its wall time
+            end = time.time() - run.flush_seconds
+            time.sleep(0.3)
+        finally:
+            events.terminate()
+            out, _ = events.communicate()
+        run.stages = helper_stages(out, policy, end - run.seconds, run.seconds)
         return run
 
     def backup(self, policy: str, level: str, label: str) -> tuple[Run, dict]:
