@@ -120,3 +120,33 @@ def test_a_differential_without_a_full_takes_a_full_and_says_so(docker_client, e
     assert outcome.record.level == "full" and "no snapshot file" in outcome.record.status.message
     then = run_backup(pol, engine=engine, repository=repo, level="incremental")
     assert (then.record.level, then.record.base) == ("incremental", outcome.record.id)
+
+
+def test_encrypted_chains_need_the_identity_to_build_on_a_base(docker_client, engine, volumes, repo_dir, tmp_path):
+    """The snapshot file is encrypted like the archive: a differential reads it with identityFrom; a policy that
+    only has the recipients (a backup host without the private key) takes fulls and says why."""
+    import pyrage
+
+    source, back = volumes("agelvl"), volumes("agelvl-back")
+    populate_volume(docker_client, source, megabytes=1)
+    identity = pyrage.x25519.Identity.generate()
+    key = tmp_path / "key.txt"
+    key.write_text(str(identity) + "\n")
+    age = {"recipients": [str(identity.to_public())]}
+    keyed = policy("agelvl", source, repo_dir, differential={"schedule": "45 17 * * *"},
+                   encryption={"age": {**age, "identityFrom": {"file": str(key)}}})
+    repo = LocalRepository(repo_dir)
+    full = run_backup(keyed, engine=engine, repository=repo).record
+    assert {a.file for a in full.status.artifacts} == {"data.tar.zst.age", "data.snar.zst.age"}
+    stored = (repo_dir / "agelvl" / full.id / "data.snar.zst.age").read_bytes()
+    assert stored.startswith(b"age-encryption.org/v1") and b"blob0" not in stored  # no file names in the clear
+    (volume_path(docker_client, source) / "new.txt").write_text("after the full\n")
+    diff = run_backup(keyed, engine=engine, repository=repo, level="differential").record
+    assert (diff.level, diff.base) == ("differential", full.id)
+    result = run_restore(restore_request("agelvl", back), keyed, engine=engine, repository=repo)
+    assert result.succeeded, result.status.message
+    assert snapshot_volume(docker_client, back) == snapshot_volume(docker_client, source)
+
+    unkeyed = policy("agelvl", source, repo_dir, differential={"schedule": "45 17 * * *"}, encryption={"age": age})
+    blind = run_backup(unkeyed, engine=engine, repository=repo, level="differential").record
+    assert blind.level == "full" and "identityFrom" in blind.status.message

@@ -16,7 +16,7 @@ from ..api.common import ObjectMeta
 from ..api.policy import BackupPolicy
 from ..controller.chains import FULL, LevelPlan, plan_level
 from ..controller.retention import RetentionPlan, plan_retention
-from ..credentials import mask
+from ..credentials import SecretError, mask
 from ..controller.jobs import PERMANENT, TEMPORARY
 from ..engine.core import Engine, EngineError, is_temporary, new_job_id
 from ..engine.quiesce import Journal
@@ -79,19 +79,17 @@ def plan_increment(policy: BackupPolicy, backups: list[Backup], requested: str, 
     if plan.base is None:
         return plan, Increment(FULL)
     try:
-        wanted = [plan.base.snapshot(name) for name in volumes]
-        reader = BackupReader(repository, policy.name, plan.base, identities_for(policy, wanted))
-        reader.verify_all(wanted)  # small files: checked whole before they are decompressed
+        wanted = {name: artifact for name in volumes if (artifact := plan.base.snapshot(name))}  # plan_level: all
+        reader = BackupReader(repository, policy.name, plan.base, identities_for(policy, wanted.values()))
+        reader.verify_all(wanted.values())  # small files: checked whole before they are decompressed
         snapshots = {}
-        for name in volumes:
-            artifact = plan.base.snapshot(name)
-            assert artifact is not None  # plan_level checked
+        for name, artifact in wanted.items():
             held = spool.enter_context(tempfile.SpooledTemporaryFile(8 << 20))
             for chunk in reader.opener(artifact)():
                 held.write(chunk)
             snapshots[name] = (held.tell(), held)
             held.seek(0)
-    except (ChecksumMismatch, DecryptionFailed, StorageError, OSError, ValueError, EOFError) as exc:
+    except (ChecksumMismatch, DecryptionFailed, SecretError, StorageError, OSError, ValueError, EOFError) as exc:
         note = (f"the snapshot file of base backup {plan.base.id} cannot be used ({mask(str(exc))}): "
                 f"this {requested} run takes a full backup")
         log.warning("backup %s: %s", policy.name, note)
