@@ -287,7 +287,7 @@ class Site:
         if server is not None:
             clients = _clients_left(server.container)
             tally.bad("leftovers", len(clients), f"{kind}: dump clients still running {when}: {clients}")
-        for volume in self.volumes[:-1] if kind == "restore" else ():
+        for volume in self.volumes[-1:] if kind == "restore" else ():  # the killed request's target
             staged = _staging_left(self.client, volume)
             tally.bad("leftovers", len(staged), f"{kind}: restore staging folders in {volume} {when}: {staged}")
 
