@@ -136,8 +136,12 @@ def test_no_secret_in_argv_logs_status_manifests_metrics_or_notifications(
                                stderr=subprocess.STDOUT)
     texts: dict[str, str] = {}
     try:
-        eventually("the service's first backup of `sec`", lambda: json.loads(dockvault(
-            "get", "backups", "-p", "sec", "-o", "json", env=env).stdout or "[]"), timeout=180, interval=1)
+        try:
+            eventually("the service's first backup of `sec`", lambda: json.loads(dockvault(
+                "get", "backups", "-p", "sec", "-o", "json", env=env).stdout or "[]"), timeout=180, interval=1)
+        except AssertionError as exc:
+            lines = [line for line in log.read_text(errors="replace").splitlines() if " DEBUG " not in line]
+            raise AssertionError(f"{exc}\nthe service's log without DEBUG lines:\n" + "\n".join(lines[-40:])) from None
         (config / "restore.yaml").write_text(yaml.safe_dump({
             "apiVersion": "dockvault.io/v1alpha1", "kind": "RestoreRequest", "metadata": {"name": "sec-restore"},
             "spec": {"policy": "sec", "backup": "latest", "targets": [{"from": "data", "volume": {
