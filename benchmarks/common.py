@@ -268,7 +268,7 @@ for line in sys.stdin:
         with open(req["stdin"] or os.devnull, "rb") as inp, open(req["stdout"], "wb") as out, \
                 open(req["stderr"], "wb") as err:
             t0 = time.perf_counter()
-            proc = subprocess.Popen(req["cmd"], stdin=inp, stdout=out, stderr=err, env=req["env"])
+            proc = subprocess.Popen(req["cmd"], stdin=inp, stdout=out, stderr=err, env=req["env"], cwd=req.get("cwd"))
             _, status, usage = os.wait4(proc.pid, 0)
             seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -288,10 +288,11 @@ class Spawner:
                                      stdout=subprocess.PIPE, text=True)
 
     def run(self, cmd: list[str], *, env: dict[str, str] | None, stdin: Path | None, stdout: Path,
-            stderr: Path) -> dict:
+            stderr: Path, cwd: Path | None = None) -> dict:
         """Run `cmd` to completion: {"code", "seconds" (wall), "maxrss_kib", "cpu" (user + sys seconds)}."""
         assert self.proc.stdin and self.proc.stdout
-        request = {"cmd": cmd, "env": env, "stdin": stdin and str(stdin), "stdout": str(stdout), "stderr": str(stderr)}
+        request = {"cmd": cmd, "env": env, "stdin": stdin and str(stdin), "stdout": str(stdout), "stderr": str(stderr),
+                   "cwd": cwd and str(cwd)}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -377,8 +378,9 @@ class Run:
 def run_timed(cmd: list[str], *, label: str, scratch: Path, env: dict[str, str] | None = None,
               stdin: Path | None = None, stdout: Path | None = None, prepare: Callable[[], None] = sync,
               max_wait: float | None = None, counters: dict[str, Callable[[], float | None]] | None = None,
-              make: type[Run] = Run) -> Run:
-    """prepare (default: `sync`), wait for a quiet machine, then run `cmd` to completion through the spawner.
+              make: type[Run] = Run, cwd: Path | None = None) -> Run:
+    """prepare (default: `sync`), wait for a quiet machine, then run `cmd` (in `cwd`, if given) to completion
+    through the spawner.
 
     Wall time, peak RSS and CPU seconds of the command come from the spawner (wait4); `counters` are read
     right before and after, and their differences passed to `make` under the same names (fields of a
@@ -390,7 +392,7 @@ def run_timed(cmd: list[str], *, label: str, scratch: Path, env: dict[str, str] 
     counters = counters or {}
     b1, t1 = cpu_jiffies()
     before = {name: read() for name, read in counters.items()}
-    result = _spawner().run(cmd, env=env, stdin=stdin, stdout=out_path, stderr=err_path)
+    result = _spawner().run(cmd, env=env, stdin=stdin, stdout=out_path, stderr=err_path, cwd=cwd)
     after = {name: read() for name, read in counters.items()}
     b2, t2 = cpu_jiffies()
     t = time.perf_counter()

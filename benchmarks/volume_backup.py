@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""Volume backup/restore benchmark: dockvault against the seed method and the raw host limit.
+"""Volume backup/restore benchmark: dockvault (local socket and TCP+TLS) against the seed method, the raw host
+limit, restic and borg.
 
 Run it inside the harness (private dockerd, fixture image):
 
     make benchmark BENCH_ARGS="--size 1G"
     bash scripts/harness.sh python3 benchmarks/volume_backup.py --size 256M --repeat 3
 
-Methods, interleaved per repeat (a, b, c, a', b', c', a, b, c, ...) so that drift (disk writeback,
-page cache, thermal) hits all of them alike; `sync` runs before every timed command:
+Methods, per repeat the six backups then the six restores, so that drift (disk writeback, page cache, other
+load) hits all of them alike; `sync` runs before every timed command:
 
-  (a)  seed:  docker run --rm --network none -v VOL:/source:ro -v DIR:/backup IMAGE tar czf ...
-  (b)  raw:   tar -cf - -C MOUNTPOINT . | zstd -T0 -3 > file            (on the host)
-  (c)  dockvault backup POLICY --config-dir DIR                          (zstd level 3, keepLast 1)
-  (a') seed:  docker run --rm --network none -v NEWVOL:/target -v DIR:/backup:ro IMAGE tar xzf ...
-  (b') raw:   zstd -d < file | tar -x -C DIR                             (on the host)
-  (c') dockvault run --once --config-dir DIR   with a RestoreRequest into a fresh volume
+  (a)  seed:   docker run --rm --network none -v VOL:/source:ro -v DIR:/backup IMAGE tar czf ...
+  (b)  raw:    tar -cf - -C MOUNTPOINT . | zstd -T0 -3 > file                (on the host)
+  (c)  restic backup . (in MOUNTPOINT) into a new local repository           (password file, never argv)
+  (d)  borg create --compression zstd,3 REPO::bench . (in MOUNTPOINT)        (new repo, --encryption none)
+  (e)  dockvault backup POLICY --config-dir DIR                              (local socket; zstd 3, keepLast 1)
+  (f)  the same against a second private dockerd over TCP+TLS                (tests/second_engine.tls_engine)
+  (a') seed:   docker run ... tar xzf ... into a fresh volume
+  (b') raw:    zstd -d < file | tar -x -C DIR                               (on the host)
+  (c') restic restore latest --target DIR;  (d') borg extract REPO::bench   (in DIR)
+  (e') (f') dockvault run --once --config-dir DIR   with a RestoreRequest into a fresh volume
 
 Wall time, peak RSS and CPU seconds of every timed command are measured as in all the benchmarks here
 (common.run_timed): os.wait4() of the command started by a small spawner process (ru_maxrss, KiB).
@@ -26,12 +31,14 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import statistics
@@ -50,19 +57,25 @@ from common import (DOCKVAULT, GiB, MiB, QUIET, BenchError, Method, Run, add_run
                     print_methods, print_rows, remove_volume, remove_volumes, rss_floor, run_bench, run_timed, size_label, sync,
                     volume_exists)
 
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests/second_engine.py
+from tests.second_engine import tls_engine  # noqa: E402
+
 VOLUME_PREFIX = "dockvault-bench"
 MARKER = ".dockvault-bench.json"
 GENERATOR = 1  # bump when the content recipe changes: old volumes are then rebuilt
 SMALL_FILES_PER_GIB = 20_000
 SHARES = {"text": 0.35, "logs": 0.35, "random": 0.30}
-POLICY = "bench"
+# Not "bench" (db_dump.py's): a dockvault starting a job removes the helpers its policy's name left on the
+# engine, so another run of a policy of the same name on the shared engine would kill this one's helpers.
+POLICY = "volbench"
 
 TARGETS = {
-    "backup_vs_raw": 0.87,      # throughput (c)/(b) >=
-    "backup_vs_seed": 7.0,      # throughput (c)/(a) >=
-    "size_vs_raw": 0.02,        # |bytes (c)/(b) - 1| <=
-    "restore_vs_raw": 0.85,     # throughput (c')/(b') >=
-    "rss_mib": 100.0,           # peak RSS of dockvault, backup and restore <=
+    "backup_vs_raw": 0.87,      # throughput (e)/(b) >= (aim: 0.95)
+    "backup_vs_peers": 2.0,     # throughput (e)/(c) and (e)/(d) >= (first backups)
+    "tls_vs_local": 0.7,        # throughput (f)/(e) >=
+    "size_vs_raw": 0.02,        # |bytes (e)/(b) - 1| <=
+    "restore_vs_raw": 0.85,     # throughput (e')/(b') >=
+    "rss_mib": 100.0,           # peak RSS of dockvault, each of (e) (f) (e') (f') <=
 }
 
 
@@ -294,14 +307,21 @@ class Bench:
         self.args = args
         self.image = os.environ["DOCKVAULT_TEST_IMAGE"]
         self.token = uuid.uuid4().hex[:6]
-        self.restore_volumes: list[str] = []
+        self.restore_volumes: list[tuple[str, str]] = []  # (docker host, volume)
+        self.stack = contextlib.ExitStack()
         self.methods = {k: Method(k, t) for k, t in [
             ("a", "(a)  seed: docker run tar czf"),
             ("b", "(b)  raw: tar | zstd -T0 -3 (host)"),
-            ("c", "(c)  dockvault backup"),
+            ("c", "(c)  restic backup (local repo)"),
+            ("d", "(d)  borg create zstd,3 (local repo)"),
+            ("e", "(e)  dockvault backup (local socket)"),
+            ("f", "(f)  dockvault backup (TCP+TLS)"),
             ("a'", "(a') seed: docker run tar xzf"),
             ("b'", "(b') raw: zstd -d | tar -x (host)"),
-            ("c'", "(c') dockvault run --once (restore)"),
+            ("c'", "(c') restic restore latest"),
+            ("d'", "(d') borg extract"),
+            ("e'", "(e') dockvault restore (local socket)"),
+            ("f'", "(f') dockvault restore (TCP+TLS)"),
         ]}
 
     # ---- setup
@@ -317,78 +337,156 @@ class Bench:
         self.scratch = self.work / "scratch"
         self.seed_dir = self.work / "seed"          # (a) output, bind-mounted into the helper
         self.raw_dir = self.work / "raw"            # (b) output
-        self.raw_restore = self.work / "raw-restore"
-        self.repo = self.work / "repo"
-        self.config = self.work / "config"
-        self.state = self.work / "state"
-        for d in (self.scratch, self.seed_dir, self.raw_dir, self.repo, self.config, self.state):
+        self.host_restore = self.work / "host-restore"  # (b'), (c'), (d') restore here, one at a time
+        self.restic_repo = self.work / "restic"
+        self.borg_repo = self.work / "borg"
+        for d in (self.scratch, self.seed_dir, self.raw_dir):
             d.mkdir()
         (self.volume, self.source_root, self.marker, self.source,
          self.samples) = prepare_source(self.args.size, self.args.seed, f"{VOLUME_PREFIX}-restore-")
+        self.local_host = os.environ["DOCKER_HOST"]
 
-        (self.config / "policy.yaml").write_text(textwrap.dedent(f"""\
+        # restic and borg: a password file (never argv), their caches in the work dir
+        password = self.work / "restic-password"
+        password.write_text(uuid.uuid4().hex + "\n")
+        password.chmod(0o600)
+        self.restic_env = dict(os.environ, RESTIC_PASSWORD_FILE=str(password), RESTIC_CACHE_DIR=str(self.work / "restic-cache"))
+        self.borg_env = dict(os.environ, BORG_BASE_DIR=str(self.work / "borg-base"),
+                             BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes", BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
+
+        # dockvault over the local socket (e) and over TCP+TLS to a second private engine (f)
+        self.dockvault = {
+            "e": self.dockvault_setup("local", self.local_host, self.volume, dockvault_env(self.image, self.work / "state-local")),
+        }
+        log("starting a second private dockerd with TLS on 127.0.0.1 (tests/second_engine.tls_engine)")
+        tls = self.stack.enter_context(tls_engine(self.image, self.local_host))
+        log(f"TLS engine at {tls.host}: ready in {tls.started_in:.1f}s, image loaded in {tls.loaded_in:.1f}s")
+        t = time.perf_counter()
+        docker_at(tls.setup_host, "volume", "create", "--label", "dockvault.bench=1", self.volume)
+        subprocess.run(["cp", "-a", f"{self.source_root}/.", str(volume_path(tls.setup_host, self.volume))], check=True)
+        sync()
+        log(f"copied the source volume into the TLS engine in {time.perf_counter() - t:.1f}s")
+        # The docker CLI's variables, as a user sets them; REQUESTS_CA_BUNDLE stays set (docker-py #2433:
+        # dockvault must use DOCKER_CERT_PATH's CA anyway). auto picks the api transport for tcp://.
+        tls_env = {**dockvault_env(self.image, self.work / "state-tls"), **tls,
+                   "REQUESTS_CA_BUNDLE": os.environ.get("REQUESTS_CA_BUNDLE") or "/etc/ssl/certs/ca-certificates.crt"}
+        self.dockvault["f"] = self.dockvault_setup("tls", tls.setup_host, self.volume, tls_env)
+        self.load_start = os.getloadavg()
+
+    def dockvault_setup(self, name: str, host: str, volume: str, env: dict[str, str]) -> dict:
+        config, repo = self.work / f"config-{name}", self.work / f"repo-{name}"
+        for d in (config, repo, Path(env["DOCKVAULT_STATE_DIR"])):
+            d.mkdir()
+        (config / "policy.yaml").write_text(textwrap.dedent(f"""\
             apiVersion: dockvault.io/v1alpha1
             kind: BackupPolicy
             metadata: {{name: {POLICY}}}
             spec:
               targets:
                 - name: data
-                  volume: {{name: {self.volume}}}
-              storage: {{local: {{path: {self.repo}}}}}
+                  volume: {{name: {volume}}}
+              storage: {{local: {{path: {repo}}}}}
               compression: {{algorithm: zstd, level: 3}}
               retention: {{keepLast: 1}}
             """))
-        self.load_start = os.getloadavg()
-        self.env = dockvault_env(self.image, self.state)
+        return {"config": config, "repo": repo, "env": env, "host": host}
 
-    # ---- methods
+    def timed(self, key: str, cmd: list[str], **kwargs) -> Run:
+        return run_timed(cmd, label=self.methods[key].title, scratch=self.scratch, **kwargs)
+
+    # ---- backups
     def backup_seed(self) -> Run:
         out = self.seed_dir / "x.tar.gz"
-        run = run_timed(["docker", "run", "--rm", "--network", "none", "-v", f"{self.volume}:/source:ro",
-                         "-v", f"{self.seed_dir}:/backup", self.image, "tar", "czf", "/backup/x.tar.gz", "-C", "/source", "."],
-                        label="(a) seed backup", scratch=self.scratch)
+        run = self.timed("a", ["docker", "run", "--rm", "--network", "none", "-v", f"{self.volume}:/source:ro",
+                               "-v", f"{self.seed_dir}:/backup", self.image, "tar", "czf", "/backup/x.tar.gz", "-C",
+                               "/source", "."])
         run.output_bytes = out.stat().st_size
         return run
 
     def backup_raw(self) -> Run:
         out = self.raw_dir / "x.tar.zst"
         script = f"tar -cf - -C {shlex.quote(str(self.source_root))} . | zstd -q -T0 -3 > {shlex.quote(str(out))}"
-        run = run_timed(["bash", "-o", "pipefail", "-c", script], label="(b) raw backup", scratch=self.scratch)
+        run = self.timed("b", ["bash", "-o", "pipefail", "-c", script])
         run.output_bytes = out.stat().st_size
         return run
 
-    def backup_dockvault(self) -> Run:
-        run = run_timed([*DOCKVAULT, "backup", POLICY, "--config-dir", str(self.config)], env=self.env,
-                        label="(c) dockvault backup", scratch=self.scratch)
-        artifacts = sorted(self.repo.glob(f"{POLICY}/*/data.tar.zst"))
-        if len(artifacts) != 1:
-            raise BenchError(f"expected exactly one artifact (keepLast: 1), found {artifacts}")
-        self.artifact = artifacts[0]
-        run.output_bytes = self.artifact.stat().st_size
+    def backup_restic(self) -> Run:
+        # a new repository every repeat: each timed run is a first backup (restic 0.14: repository v2, zstd "auto")
+        shutil.rmtree(self.restic_repo, ignore_errors=True)
+        shutil.rmtree(self.work / "restic-cache", ignore_errors=True)
+        subprocess.run(["restic", "init", "--quiet", "--repo", str(self.restic_repo)], env=self.restic_env,
+                       check=True, capture_output=True)
+        run = self.timed("c", ["restic", "--repo", str(self.restic_repo), "backup", "--quiet", "--host", "bench", "."],
+                         env=self.restic_env, cwd=self.source_root)
+        run.output_bytes = tree_bytes(self.restic_repo)
         return run
 
+    def backup_borg(self) -> Run:
+        # a new repository every repeat (first backups), unencrypted: `--encryption none`
+        shutil.rmtree(self.borg_repo, ignore_errors=True)
+        shutil.rmtree(self.work / "borg-base", ignore_errors=True)
+        subprocess.run(["borg", "init", "--encryption", "none", str(self.borg_repo)], env=self.borg_env, check=True,
+                       capture_output=True)
+        run = self.timed("d", ["borg", "create", "--compression", "zstd,3", f"{self.borg_repo}::bench", "."],
+                         env=self.borg_env, cwd=self.source_root)
+        run.output_bytes = tree_bytes(self.borg_repo)
+        return run
+
+    def backup_dockvault(self, key: str) -> Run:
+        dv = self.dockvault[key]
+        run = self.timed(key, [*DOCKVAULT, "backup", POLICY, "--config-dir", str(dv["config"])], env=dv["env"])
+        artifacts = sorted(dv["repo"].glob(f"{POLICY}/*/data.tar.zst"))
+        if len(artifacts) != 1:
+            raise BenchError(f"expected exactly one artifact (keepLast: 1), found {artifacts}")
+        run.output_bytes = artifacts[0].stat().st_size
+        found = re.findall(r"helper streams use the (\w+) transport", (self.scratch / "stderr.txt").read_text())
+        dv.setdefault("transports", []).append(found[-1] if found else "?")
+        return run
+
+    # ---- restores
     def restore_seed(self, i: int) -> Run:
-        vol = f"{VOLUME_PREFIX}-restore-a-{self.token}-{i}"
-        self.restore_volumes.append(vol)
-        run = run_timed(["docker", "run", "--rm", "--network", "none", "-v", f"{vol}:/target",
-                         "-v", f"{self.seed_dir}:/backup:ro", self.image, "tar", "xzf", "/backup/x.tar.gz", "-C", "/target"],
-                        label="(a') seed restore", scratch=self.scratch)
+        vol = self.new_restore_volume(self.local_host, f"a-{i}")
+        run = self.timed("a'", ["docker", "run", "--rm", "--network", "none", "-v", f"{vol}:/target",
+                                "-v", f"{self.seed_dir}:/backup:ro", self.image, "tar", "xzf", "/backup/x.tar.gz",
+                                "-C", "/target"])
         verify("(a') seed restore", self.source_root, self.source, self.samples, mountpoint(vol))
         return run
 
+    def fresh_host_restore(self) -> Path:
+        shutil.rmtree(self.host_restore, ignore_errors=True)
+        self.host_restore.mkdir()
+        return self.host_restore
+
     def restore_raw(self, i: int) -> Run:
-        shutil.rmtree(self.raw_restore, ignore_errors=True)
-        self.raw_restore.mkdir()
+        target = self.fresh_host_restore()
         script = (f"zstd -q -d < {shlex.quote(str(self.raw_dir / 'x.tar.zst'))} "
-                  f"| tar -x -C {shlex.quote(str(self.raw_restore))}")
-        run = run_timed(["bash", "-o", "pipefail", "-c", script], label="(b') raw restore", scratch=self.scratch)
-        verify("(b') raw restore", self.source_root, self.source, self.samples, self.raw_restore)
+                  f"| tar -x -C {shlex.quote(str(target))}")
+        run = self.timed("b'", ["bash", "-o", "pipefail", "-c", script])
+        verify("(b') raw restore", self.source_root, self.source, self.samples, target)
         return run
 
-    def restore_dockvault(self, i: int) -> Run:
-        vol = f"{VOLUME_PREFIX}-restore-c-{self.token}-{i}"
-        self.restore_volumes.append(vol)
-        request = self.config / f"restore-{i}.yaml"
+    def restore_restic(self, i: int) -> Run:
+        target = self.fresh_host_restore()
+        run = self.timed("c'", ["restic", "--repo", str(self.restic_repo), "restore", "latest", "--quiet",
+                                "--target", str(target)], env=self.restic_env)
+        verify("(c') restic restore", self.source_root, self.source, self.samples, target)
+        return run
+
+    def restore_borg(self, i: int) -> Run:
+        target = self.fresh_host_restore()
+        run = self.timed("d'", ["borg", "extract", f"{self.borg_repo}::bench"], env=self.borg_env, cwd=target)
+        verify("(d') borg extract", self.source_root, self.source, self.samples, target)
+        return run
+
+    def new_restore_volume(self, host: str, tag: str) -> str:
+        vol = f"{VOLUME_PREFIX}-restore-{self.token}-{tag}"
+        self.restore_volumes.append((host, vol))
+        return vol
+
+    def restore_dockvault(self, key: str, i: int) -> Run:
+        dv = self.dockvault[key.rstrip("'")]
+        vol = self.new_restore_volume(dv["host"], f"{key.rstrip(chr(39))}-{i}")
+        request = dv["config"] / f"restore-{i}.yaml"
         request.write_text(textwrap.dedent(f"""\
             apiVersion: dockvault.io/v1alpha1
             kind: RestoreRequest
@@ -401,40 +499,44 @@ class Bench:
                   volume: {{name: {vol}, overwrite: false}}
             """))
         try:
-            run = run_timed([*DOCKVAULT, "run", "--once", "--config-dir", str(self.config)], env=self.env,
-                            label="(c') dockvault restore", scratch=self.scratch)
+            run = self.timed(key, [*DOCKVAULT, "run", "--once", "--metrics-addr", "off", "--config-dir",
+                                   str(dv["config"])], env=dv["env"])
         finally:
             request.unlink()
-        if not volume_exists(vol):
-            raise BenchError(f"(c') dockvault restore exited 0 but volume {vol} does not exist")
-        verify("(c') dockvault restore", self.source_root, self.source, self.samples, mountpoint(vol))
+        if "succeeded" not in (self.scratch / "stderr.txt").read_text():
+            raise BenchError(f"{self.methods[key].title}: no 'restore ... succeeded' in dockvault's log")
+        verify(self.methods[key].title, self.source_root, self.source, self.samples, volume_path(dv["host"], vol))
         return run
 
     def clean_repeat(self) -> None:
-        for vol in self.restore_volumes:
-            remove_volume(vol)
+        for host, vol in self.restore_volumes:
+            docker_at(host, "volume", "rm", "-f", vol, check=False)
         self.restore_volumes.clear()
-        shutil.rmtree(self.raw_restore, ignore_errors=True)
+        shutil.rmtree(self.host_restore, ignore_errors=True)
         for f in (self.seed_dir / "x.tar.gz", self.raw_dir / "x.tar.zst"):
             f.unlink(missing_ok=True)
         sync()
 
     def run(self) -> None:
-        steps = [("a", self.backup_seed), ("b", self.backup_raw), ("c", self.backup_dockvault),
-                 ("a'", self.restore_seed), ("b'", self.restore_raw), ("c'", self.restore_dockvault)]
+        steps = [("a", self.backup_seed), ("b", self.backup_raw), ("c", self.backup_restic), ("d", self.backup_borg),
+                 ("e", lambda: self.backup_dockvault("e")), ("f", lambda: self.backup_dockvault("f")),
+                 ("a'", self.restore_seed), ("b'", self.restore_raw), ("c'", self.restore_restic),
+                 ("d'", self.restore_borg), ("e'", lambda i: self.restore_dockvault("e'", i)),
+                 ("f'", lambda i: self.restore_dockvault("f'", i))]
         for i in range(self.args.repeat):
             for key, step in steps:
-                run = step() if key in ("a", "b", "c") else step(i)
+                run = step(i) if "'" in key else step()
                 self.methods[key].runs.append(run)
-                extra = f", {run.output_bytes} bytes" if run.output_bytes is not None else ""
-                rss = f", peak RSS {run.maxrss_kib / 1024:.1f} MiB" if key.startswith("c") else ""
-                log(f"repeat {i + 1}/{self.args.repeat} {key:2}: {run.seconds:7.2f}s{extra}{rss} "
-                    f"(cpu {run.cpu_seconds:.1f}s, sync after {run.flush_seconds:.2f}s, "
-                    f"machine busy before {run.background:.0%} / during {run.machine_busy:.0%})")
+                extra = f", {run.output_bytes:,} bytes" if run.output_bytes is not None else ""
+                log(f"repeat {i + 1}/{self.args.repeat} {key:2}: {run.seconds:7.2f}s{extra}, "
+                    f"peak RSS {run.maxrss_kib / 1024:.1f} MiB (cpu {run.cpu_seconds:.1f}s, sync after "
+                    f"{run.flush_seconds:.2f}s, machine busy before {run.background:.0%} / during {run.machine_busy:.0%})")
             self.clean_repeat()
 
     def cleanup(self) -> None:
-        remove_volumes(*self.restore_volumes)
+        for host, vol in self.restore_volumes:
+            docker_at(host, "volume", "rm", "-f", vol, check=False)
+        self.stack.close()  # stops the TLS engine and removes its data
         if getattr(self, "work", None):
             shutil.rmtree(self.work, ignore_errors=True)
         if not self.args.keep and getattr(self, "volume", None):
@@ -444,29 +546,43 @@ class Bench:
     def summary(self) -> dict:
         m = self.methods
         raw = self.source.bytes
+
+        def ratio(slow: str, fast: str) -> float:  # throughput of `fast` over `slow`: time_slow / time_fast
+            return m[slow].seconds / m[fast].seconds
+
         ratios = {
-            "backup_vs_seed": m["a"].seconds / m["c"].seconds,
-            "backup_vs_raw": m["b"].seconds / m["c"].seconds,
-            "size_vs_raw": m["c"].median("output_bytes") / m["b"].median("output_bytes"),
-            "restore_vs_seed": m["a'"].seconds / m["c'"].seconds,
-            "restore_vs_raw": m["b'"].seconds / m["c'"].seconds,
+            "raw_vs_seed": ratio("a", "b"),
+            "backup_vs_seed": ratio("a", "e"),
+            "backup_vs_raw": ratio("b", "e"),
+            "backup_vs_restic": ratio("c", "e"),
+            "backup_vs_borg": ratio("d", "e"),
+            "tls_vs_local": ratio("e", "f"),
+            "size_vs_raw": m["e"].median("output_bytes") / m["b"].median("output_bytes"),
+            "size_restic_vs_raw": m["c"].median("output_bytes") / m["b"].median("output_bytes"),
+            "size_borg_vs_raw": m["d"].median("output_bytes") / m["b"].median("output_bytes"),
+            "restore_vs_seed": ratio("a'", "e'"),
+            "restore_vs_raw": ratio("b'", "e'"),
             # (b') leaves its writeback to the `sync` after it; dockvault's helper container is removed before
             # dockvault returns, and unmounting its overlayfs syncs the whole filesystem, restored data included.
-            "restore_vs_raw_with_sync": statistics.median(r.seconds + r.flush_seconds for r in m["b'"].runs) / m["c'"].seconds,
+            "restore_vs_raw_with_sync": statistics.median(r.seconds + r.flush_seconds for r in m["b'"].runs) / m["e'"].seconds,
+            "restore_vs_restic": ratio("c'", "e'"),
+            "restore_vs_borg": ratio("d'", "e'"),
+            "restore_tls_vs_local": ratio("e'", "f'"),
         }
-        rss = {"backup_mib": max(r.maxrss_kib for r in m["c"].runs) / 1024,
-               "restore_mib": max(r.maxrss_kib for r in m["c'"].runs) / 1024}
+        rss = {"backup_mib": m["e"].summary(raw)["peak_rss_mib"], "restore_mib": m["e'"].summary(raw)["peak_rss_mib"],
+               "tls_backup_mib": m["f"].summary(raw)["peak_rss_mib"], "tls_restore_mib": m["f'"].summary(raw)["peak_rss_mib"]}
         checks = {
             "backup_vs_raw": ratios["backup_vs_raw"] >= TARGETS["backup_vs_raw"],
-            "backup_vs_seed": ratios["backup_vs_seed"] >= TARGETS["backup_vs_seed"],
+            "backup_vs_restic": ratios["backup_vs_restic"] >= TARGETS["backup_vs_peers"],
+            "backup_vs_borg": ratios["backup_vs_borg"] >= TARGETS["backup_vs_peers"],
+            "tls_vs_local": ratios["tls_vs_local"] >= TARGETS["tls_vs_local"],
             "size_vs_raw": abs(ratios["size_vs_raw"] - 1) <= TARGETS["size_vs_raw"],
             "restore_vs_raw": ratios["restore_vs_raw"] >= TARGETS["restore_vs_raw"],
-            "rss_backup": rss["backup_mib"] <= TARGETS["rss_mib"],
-            "rss_restore": rss["restore_mib"] <= TARGETS["rss_mib"],
+            **{f"rss_{k}": v <= TARGETS["rss_mib"] for k, v in rss.items()},
         }
         return {
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": machine("zstd", "tar"),
+            "machine": machine("zstd", "tar", "restic", "borg"),
             "code": code_version(),
             "work_dir": self.where,
             "volume": {"name": self.volume, "size_arg": self.args.size, "raw_bytes": raw, "files": len(self.source.files),
@@ -474,11 +590,30 @@ class Bench:
                        **{k: self.marker.get(k) for k in ("small_text_files", "log_files", "random_files")}},
             "repeats": self.args.repeat,
             "methods": {k: v.summary(raw) for k, v in m.items()},
+            "transports": {k: v.get("transports", []) for k, v in self.dockvault.items()},
             "ratios": ratios, "peak_rss": rss, "targets": TARGETS, "pass": checks, "quiet": QUIET,
             "load_average": {"start": self.load_start, "end": os.getloadavg()},
-            "dockvault_cli_startup_seconds": cli_startup(self.env),
+            "dockvault_cli_startup_seconds": cli_startup(self.dockvault["e"]["env"]),
             "rss_floor_mib": rss_floor(self.scratch),
         }
+
+
+def docker_at(host: str, *args: str, check: bool = True) -> str:
+    """The docker CLI against `host` (-H beats DOCKER_HOST), without TLS settings: set-up and clean-up only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    result = subprocess.run(["docker", "-H", host, *args], capture_output=True, text=True, env=env,
+                            stdin=subprocess.DEVNULL, check=False)
+    if check and result.returncode != 0:
+        raise BenchError(f"docker -H {host} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def volume_path(host: str, name: str) -> Path:
+    return Path(docker_at(host, "volume", "inspect", "-f", "{{.Mountpoint}}", name))
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
 def code_version() -> dict:
@@ -514,7 +649,7 @@ def print_report(s: dict) -> None:
     vol, mach = s["volume"], s["machine"]
     print()
     print(f"dockvault volume benchmark  {s['date']}")
-    print(machine_line(mach, mach["zstd"], mach["tar"]))
+    print(machine_line(mach, mach["zstd"], mach["tar"], mach["restic"], mach["borg"]))
     print(f"volume {vol['name']}: {vol['raw_bytes']:,} bytes ({human(vol['raw_bytes'])}) in {vol['files']:,} files "
           f"({vol['small_text_files']} small text, {vol['log_files']} logs, {vol['random_files']} random), "
           f"{vol['dirs']} dirs, seed {vol['seed']}")
@@ -524,37 +659,51 @@ def print_report(s: dict) -> None:
     print(f"work dir and host restore dir: {s['work_dir']}")
     print(f"repeats: {s['repeats']} (median shown; MB = 10^6 bytes of the volume's raw size)")
     print()
-    header = (f"{'method':40} {'seconds':>8} {'MB/s':>8} {'output bytes':>14} {'cpu s':>7} {'sync s':>7} {'busy':>5}"
-              "  runs (s)")
+    header = (f"{'method':42} {'seconds':>8} {'MB/s':>7} {'output bytes':>14} {'RSS MiB':>8} {'cpu s':>6} "
+              f"{'sync s':>6} {'busy':>5}  runs (s)")
     print_methods(M, header, lambda v, out: (
-        f"{v['title']:35} {v['seconds_median']:8.2f} {v['mb_per_s']:8.1f} {out:>14} "
-        f"{v['cpu_seconds_median']:7.1f} {v['sync_after_seconds_median']:7.2f} "
+        f"{v['title']:37} {v['seconds_median']:8.2f} {v['mb_per_s']:7.1f} {out:>14} {v['peak_rss_mib']:8.1f} "
+        f"{v['cpu_seconds_median']:6.1f} {v['sync_after_seconds_median']:6.2f} "
         f"{statistics.median(v['machine_busy_before']):5.0%}  "
         + " ".join(f"{x:.2f}" for x in v["seconds"])))
-    print("cpu s: user+sys of the child from wait4 (for docker run only the CLI, not the container);")
+    print("RSS MiB: peak over the runs (wait4's ru_maxrss of the command or its largest child); cpu s: user+sys of the")
+    print("        command and the children it waited for (for docker run only the CLI; for dockvault not its helper);")
     print("sync s: the `sync` right after the run (writeback it left behind; dockvault fsyncs its artifact, and the")
     print("        removal of any container unmounts an overlayfs, which syncs the whole filesystem, inside the run)")
     print(f"busy: share of all cores busy in the half second before the run (median; the benchmark waits up to "
           f"{QUIET['max_wait']:.0f}s for <= {QUIET['threshold']:.0%})")
+    print("restic 0.14: repository v2, compression auto (zstd), encrypted (its only mode), password file; borg 1.2: "
+          "--encryption none, --compression zstd,3; both into a new repository every repeat (first backups)")
+    used = s.get("transports", {})
+    print(f"dockvault helper transport per run (auto): (e) {' '.join(used.get('e', []))}, "
+          f"(f) {' '.join(used.get('f', []))}")
     load = s["load_average"]
     busy_runs = sum(b > QUIET["threshold"] for v in M.values() for b in v["machine_busy_before"])
     print(f"load average at start {load['start'][0]:.2f}, at end {load['end'][0]:.2f}"
           + (f"; WARNING: {busy_runs} run(s) started while other processes kept the machine busy: "
              "numbers are noisy" if busy_runs else ""))
     print(f"dockvault CLI start-up (python -m dockvault --version): {s['dockvault_cli_startup_seconds']:.2f}s; "
-          f"peak RSS is wait4's ru_maxrss of the child, started by a small spawner process "
-          f"(floor: `true` reports {s.get('rss_floor_mib', float('nan')):.1f} MiB)")
+          f"peak RSS floor (`true` through the spawner): {s.get('rss_floor_mib', float('nan')):.1f} MiB")
     print()
-    print("RATIOS AND TARGETS")
+    print("RATIOS AND TARGETS (throughput ratios are time_x / time_dockvault)")
+    rss = s["peak_rss"]
     rows = [
-        ("backup throughput (c)/(a)", f"{R['backup_vs_seed']:.2f}x", f">= {T['backup_vs_seed']}x", mark(P["backup_vs_seed"])),
-        ("backup throughput (c)/(b)", f"{R['backup_vs_raw']:.3f}x", f">= {T['backup_vs_raw']}x", mark(P["backup_vs_raw"])),
-        ("output size (c)/(b)", f"{R['size_vs_raw']:.4f}", f"within {T['size_vs_raw']:.0%}", mark(P["size_vs_raw"])),
-        ("restore throughput (c')/(a')", f"{R['restore_vs_seed']:.2f}x", "-", ""),
-        ("restore throughput (c')/(b')", f"{R['restore_vs_raw']:.3f}x", f">= {T['restore_vs_raw']}x", mark(P["restore_vs_raw"])),
-        ("  (c')/(b' + its sync), info", f"{R['restore_vs_raw_with_sync']:.3f}x", "-", ""),
-        ("dockvault peak RSS, backup", f"{s['peak_rss']['backup_mib']:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB", mark(P["rss_backup"])),
-        ("dockvault peak RSS, restore", f"{s['peak_rss']['restore_mib']:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB", mark(P["rss_restore"])),
+        ("backup (e)/(b) raw", f"{R['backup_vs_raw']:.3f}x", f">= {T['backup_vs_raw']}x", mark(P["backup_vs_raw"])),
+        ("backup (e)/(a) seed", f"{R['backup_vs_seed']:.2f}x", f"raw: {R['raw_vs_seed']:.2f}x", ""),
+        ("backup (e)/(c) restic", f"{R['backup_vs_restic']:.2f}x", f">= {T['backup_vs_peers']}x", mark(P["backup_vs_restic"])),
+        ("backup (e)/(d) borg", f"{R['backup_vs_borg']:.2f}x", f">= {T['backup_vs_peers']}x", mark(P["backup_vs_borg"])),
+        ("backup TLS/local (f)/(e)", f"{R['tls_vs_local']:.3f}x", f">= {T['tls_vs_local']}x", mark(P["tls_vs_local"])),
+        ("output size (e)/(b)", f"{R['size_vs_raw']:.4f}", f"within {T['size_vs_raw']:.0%}", mark(P["size_vs_raw"])),
+        ("  output size restic, borg / (b)", f"{R['size_restic_vs_raw']:.3f} {R['size_borg_vs_raw']:.3f}", "-", ""),
+        ("restore (e')/(b') raw", f"{R['restore_vs_raw']:.3f}x", f">= {T['restore_vs_raw']}x", mark(P["restore_vs_raw"])),
+        ("  (e')/(b' + its sync), info", f"{R['restore_vs_raw_with_sync']:.3f}x", "-", ""),
+        ("  restore (e')/(a') seed", f"{R['restore_vs_seed']:.2f}x", "-", ""),
+        ("  restore (e')/(c') restic", f"{R['restore_vs_restic']:.2f}x", "-", ""),
+        ("  restore (e')/(d') borg", f"{R['restore_vs_borg']:.2f}x", "-", ""),
+        ("  restore TLS/local (f')/(e')", f"{R['restore_tls_vs_local']:.3f}x", "-", ""),
+        *[(f"dockvault peak RSS {k}", f"{rss[v]:.1f} MiB", f"<= {T['rss_mib']:.0f} MiB", mark(P[f"rss_{v}"]))
+          for k, v in (("(e)", "backup_mib"), ("(e')", "restore_mib"), ("(f)", "tls_backup_mib"),
+                       ("(f')", "tls_restore_mib"))],
     ]
     print_rows(rows)
     print()
@@ -610,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     add_run_options(parser)
     args = parser.parse_args(argv)
     check_args(parser, args, example='make benchmark BENCH_ARGS="--size 256M"',
-               tools=("docker", "tar", "zstd", "bash", "sync"), root=True)
+               tools=("docker", "dockerd", "tar", "zstd", "bash", "sync", "restic", "borg"), root=True)
     return run_bench(Bench(args), args.json, print_report, save_result)
 
 
