@@ -91,18 +91,21 @@ def test_start_up_cleaning_aborts_uploads_and_removes_folders_without_a_manifest
     with done.artifact("data.tar.zst") as out:
         out.write(b"complete")
     done.commit(record("offsite", "20261119T030000Z"))
+    repo.begin("offsite", "20261120T030000Z")  # the killed run: its folder is marked unfinished
     killed = client.create_multipart_upload(Bucket=bucket, Key="host-a/offsite/20261120T030000Z/data.tar.zst")
     client.upload_part(Bucket=bucket, Key="host-a/offsite/20261120T030000Z/data.tar.zst", PartNumber=1,
                        UploadId=killed["UploadId"], Body=b"x" * FIRST_PART)
     client.put_object(Bucket=bucket, Key="host-a/offsite/20261120T030000Z/db.sql", Body=b"half")
     other = client.create_multipart_upload(Bucket=bucket, Key="host-a/another/20261120T030000Z/x")
+    client.put_object(Bucket=bucket, Key="host-a/offsite/20261118T030000Z/data.tar.zst", Body=b"manifest lost")
 
     removed = repo.clean_temporaries("offsite")
 
     assert len(removed) == 2 and any("multipart" in r for r in removed)
     uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [u["UploadId"] for u in uploads] == [other["UploadId"]]  # another policy's upload is not ours
-    assert keys(s3_server, bucket) == ["host-a/offsite/20261119T030000Z/data.tar.zst",
+    assert keys(s3_server, bucket) == ["host-a/offsite/20261118T030000Z/data.tar.zst",  # kept: no unfinished mark
+                                       "host-a/offsite/20261119T030000Z/data.tar.zst",
                                        "host-a/offsite/20261119T030000Z/manifest.json"]
 
 

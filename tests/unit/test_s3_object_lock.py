@@ -25,6 +25,8 @@ def stubbed() -> tuple[S3Repository, Stubber]:
 @pytest.mark.parametrize(("code", "refused"), [("AccessDenied", True), ("InternalError", False)])
 def test_a_delete_the_server_refuses_is_a_named_error(code, refused):
     repo, stub = stubbed()
+    marker = MANIFEST_KEY.replace("manifest.json", ".incomplete")  # written first: a delete cut short is finished later
+    stub.add_response("put_object", {}, {"Bucket": "backups", "Key": marker, "Body": b""})
     stub.add_response("delete_objects", {"Errors": [{"Key": MANIFEST_KEY, "Code": code, "Message": "no"}]},
                       {"Bucket": "backups", "Delete": {"Objects": [{"Key": MANIFEST_KEY}], "Quiet": True}})
     with stub, pytest.raises(StorageError) as caught:

@@ -52,9 +52,9 @@ def test_artifact_is_written_under_a_temporary_name_then_renamed(tmp_path):
     with writer.artifact("media.tar.zst") as out:
         out.write(b"part one ")
         out.write(b"part two")
-        assert tree(folder) == ["media.tar.zst.dvtmp"]
+        assert tree(folder) == [".incomplete", "media.tar.zst.dvtmp"]
 
-    assert tree(folder) == ["media.tar.zst"]
+    assert tree(folder) == [".incomplete", "media.tar.zst"]  # unfinished until the manifest is written
     assert (folder / "media.tar.zst").read_bytes() == b"part one part two"
 
 
@@ -67,7 +67,7 @@ def test_artifact_block_that_raises_leaves_nothing(tmp_path):
             out.write(b"half")
             raise RuntimeError("source failed")
 
-    assert tree(tmp_path / "myapp" / ID1) == []
+    assert tree(tmp_path / "myapp" / ID1) == [".incomplete"]
 
 
 @pytest.mark.parametrize("name", ["a/b", "../x", "manifest.json", "", ".", ".."])
@@ -104,7 +104,7 @@ def test_a_manifest_that_fails_halfway_is_not_published(tmp_path, monkeypatch):
     monkeypatch.setattr(local, "manifest_chunks", broken)
     with pytest.raises(OSError, match="^disk full$"):
         writer.commit(record(ID1))
-    assert tree(tmp_path / "myapp" / ID1) == []
+    assert tree(tmp_path / "myapp" / ID1) == [".incomplete"]
     assert repo.backups("myapp") == []
 
 
@@ -197,10 +197,21 @@ def test_delete_cut_short_never_leaves_a_complete_looking_backup(tmp_path, monke
         repo.delete("myapp", ID1)
 
     assert repo.backups("myapp") == []
-    assert tree(tmp_path / "myapp") == [ID1, f"{ID1}/media.tar.zst"]
+    assert tree(tmp_path / "myapp") == [ID1, f"{ID1}/.incomplete", f"{ID1}/media.tar.zst"]
     monkeypatch.undo()
     assert repo.clean_temporaries("myapp") == [str(tmp_path / "myapp" / ID1)]
     assert tree(tmp_path / "myapp") == []
+
+
+def test_a_folder_that_lost_its_manifest_is_kept_and_one_left_unfinished_removed(tmp_path):
+    repo = LocalRepository(tmp_path)
+    complete(repo, ID1)
+    complete(repo, ID2)
+    (tmp_path / "myapp" / ID1 / "manifest.json").unlink()  # lost: by hand, a bad disk, a bad sync
+    repo.begin("myapp", ID3)  # a run killed before its manifest
+    assert repo.clean_temporaries("myapp") == [str(tmp_path / "myapp" / ID3)]
+    assert tree(tmp_path / "myapp" / ID1) == ["media.tar.zst"]  # its data is still there, for `dockvault check`
+    assert [b.id for b in repo.backups("myapp")] == [ID2]
 
 
 def test_clean_temporaries(tmp_path):

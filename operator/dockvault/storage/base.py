@@ -11,6 +11,10 @@ from ..api.restore import RestoreRequestStatus
 
 MANIFEST = "manifest.json"
 TEMP_SUFFIX = ".dvtmp"
+# Written first into a new backup's folder and removed once its manifest is: a folder without a manifest is
+# removed at start-up only when it carries this mark (a run that never finished). One without either lost its
+# manifest: it is kept, listed as damaged, for a human to look at.
+INCOMPLETE = ".incomplete"
 
 
 class StorageError(RuntimeError):

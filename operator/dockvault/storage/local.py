@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from ..api.backup import Backup
 from ..api.policy import LocalStorage
 from ..api.restore import RestoreRequestStatus
-from .base import MANIFEST, TEMP_SUFFIX, BackupIdTaken, StorageError, manifest_chunks
+from .base import INCOMPLETE, MANIFEST, TEMP_SUFFIX, BackupIdTaken, StorageError, manifest_chunks
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class LocalBackupWriter:
         with atomic_file(self.folder / MANIFEST) as out:
             for chunk in manifest_chunks(record):
                 out.write(chunk)
+        (self.folder / INCOMPLETE).unlink(missing_ok=True)
+        _fsync_dir(self.folder)
 
     def abort(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -83,6 +85,8 @@ class LocalRepository:
             folder.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
             raise BackupIdTaken(f"backup {policy}/{backup_id} already exists in {self.location}") from None
+        with atomic_file(folder / INCOMPLETE):
+            pass
         _fsync_dir(folder.parent)
         return LocalBackupWriter(folder, backup_id)
 
@@ -121,7 +125,9 @@ class LocalRepository:
             for entry in backups:
                 if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
                     with os.scandir(entry.path) as files:
-                        found[entry.name] = {f.name: f.stat().st_size for f in files if f.is_file()}
+                        sizes = {f.name: f.stat().st_size for f in files if f.is_file()}
+                    if INCOMPLETE not in sizes or MANIFEST in sizes:  # not a backup still being written
+                        found[entry.name] = sizes
         return dict(sorted(found.items()))
 
     def manifest_problem(self, policy: str, backup_id: str) -> str | None:
@@ -135,8 +141,11 @@ class LocalRepository:
         return None
 
     def delete(self, policy: str, backup_id: str) -> None:
-        """Remove the manifest first, so a deletion cut short never leaves a backup that looks complete."""
+        """Mark the folder unfinished and remove the manifest first, so a deletion cut short never leaves a backup
+        that looks complete, and the next start-up finishes it."""
         folder = self._folder(policy, backup_id)
+        with atomic_file(folder / INCOMPLETE):
+            pass
         (folder / MANIFEST).unlink(missing_ok=True)
         _fsync_dir(folder)
         shutil.rmtree(folder)
@@ -157,7 +166,8 @@ class LocalRepository:
         return RestoreRequestStatus.model_validate_json(path.read_text(encoding="utf-8"))
 
     def clean_temporaries(self, policy: str) -> list[str]:
-        """Remove temporaries and folders without a manifest of `policy`; call only when none of its jobs runs."""
+        """Remove temporaries and unfinished backups (marked INCOMPLETE, no manifest) of `policy`; call only when
+        none of its jobs runs. A folder that lost its manifest is kept (listed as damaged)."""
         removed = []
         folder = self.root / policy
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -165,10 +175,13 @@ class LocalRepository:
                 entry.unlink(missing_ok=True) if entry.is_file() else shutil.rmtree(entry, ignore_errors=True)
                 removed.append(str(entry))
             elif entry.is_dir() and not (entry / MANIFEST).exists():
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(str(entry))
+                if (entry / INCOMPLETE).exists():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(str(entry))
+                else:
+                    log.warning("%s has no manifest and is no unfinished backup: kept (see dockvault check)", entry)
             elif entry.is_dir():
-                for tmp in entry.glob("*" + TEMP_SUFFIX):
+                for tmp in [*entry.glob("*" + TEMP_SUFFIX), *entry.glob(INCOMPLETE)]:
                     tmp.unlink(missing_ok=True)
                     removed.append(str(tmp))
         return removed

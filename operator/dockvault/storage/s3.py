@@ -29,7 +29,7 @@ from ..api.backup import Backup
 from ..api.policy import S3Storage
 from ..api.restore import RestoreRequestStatus
 from ..credentials import mask, read_secret
-from .base import MANIFEST, BackupIdTaken, DeleteRefused, StorageError, manifest_chunks
+from .base import INCOMPLETE, MANIFEST, BackupIdTaken, DeleteRefused, StorageError, manifest_chunks
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,11 @@ class S3BackupWriter:
         with _s3_errors(f"s3://{self._repo.bucket}/{self._folder}/{MANIFEST}"):
             self._repo.client.put_object(Bucket=self._repo.bucket, Key=f"{self._folder}/{MANIFEST}", Body=body,
                                          ContentType="application/json")
+        try:
+            with _s3_errors(f"s3://{self._repo.bucket}/{self._folder}/{INCOMPLETE}"):
+                self._repo.client.delete_object(Bucket=self._repo.bucket, Key=f"{self._folder}/{INCOMPLETE}")
+        except StorageError as exc:  # the backup is complete; the next start-up removes the mark
+            log.warning("cannot remove %s/%s: %s", self._folder, INCOMPLETE, exc)
 
     def abort(self) -> None:
         try:
@@ -358,6 +363,8 @@ class S3Repository:
         for page in self._list(folder):
             if page.get("KeyCount", len(page.get("Contents", []))):
                 raise BackupIdTaken(f"backup {policy}/{backup_id} already exists in {self.location}")
+        with _s3_errors(f"s3://{self.bucket}/{folder}{INCOMPLETE}"):
+            self.client.put_object(Bucket=self.bucket, Key=f"{folder}{INCOMPLETE}", Body=b"")
         return S3BackupWriter(self, policy, backup_id)
 
     def exists(self, policy: str, backup_id: str) -> bool:
@@ -416,7 +423,8 @@ class S3Repository:
                 parts = item["Key"][len(folder):].split("/")
                 if len(parts) == 2 and parts[0] and not parts[0].startswith("."):
                     found.setdefault(parts[0], {})[parts[1]] = item["Size"]
-        return found
+        return {folder: sizes for folder, sizes in found.items()  # not backups still being written
+                if INCOMPLETE not in sizes or MANIFEST in sizes}
 
     def manifest_problem(self, policy: str, backup_id: str) -> str | None:
         from botocore.exceptions import ClientError
@@ -440,8 +448,11 @@ class S3Repository:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
 
     def delete(self, policy: str, backup_id: str) -> None:
-        """The manifest first, so a deletion cut short never leaves a backup that looks complete."""
+        """The manifest first (the folder marked unfinished), so a deletion cut short never leaves a backup that
+        looks complete, and the next start-up finishes it."""
         folder = self.key(policy, backup_id)
+        with _s3_errors(f"s3://{self.bucket}/{folder}/{INCOMPLETE}"):
+            self.client.put_object(Bucket=self.bucket, Key=f"{folder}/{INCOMPLETE}", Body=b"")
         self._delete_keys([f"{folder}/{MANIFEST}"], f"backup {policy}/{backup_id}")
         self.delete_prefix(folder + "/")
 
@@ -486,8 +497,8 @@ class S3Repository:
         return RestoreRequestStatus.model_validate_json(body)
 
     def clean_temporaries(self, policy: str) -> list[str]:
-        """Abort multipart uploads and remove backup folders without a manifest of `policy` (a killed run's);
-        call only while holding the policy's job lock."""
+        """Abort multipart uploads and remove unfinished backups of `policy` (marked INCOMPLETE, no manifest: a
+        killed run's); call only while holding the policy's job lock. A folder that lost its manifest is kept."""
         removed = []
         prefix = self.key(policy) + "/"
         with _s3_errors(f"listing multipart uploads under s3://{self.bucket}/{prefix}"):
@@ -499,16 +510,22 @@ class S3Repository:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
                                                        UploadId=upload["UploadId"])
                 removed.append(f"s3://{self.bucket}/{upload['Key']} (multipart upload)")
-        folders: dict[str, bool] = {}
+        folders: dict[str, set[str]] = {}
         for page in self._list(prefix):
             for item in page.get("Contents", []):
                 parts = item["Key"][len(prefix):].split("/")
-                if len(parts) == 2:
-                    folders[parts[0]] = folders.get(parts[0], False) or parts[1] == MANIFEST
-        for folder, complete in sorted(folders.items()):
-            if not complete:
+                if len(parts) == 2 and parts[1] in (MANIFEST, INCOMPLETE):
+                    folders.setdefault(parts[0], set()).add(parts[1])
+        for folder, marks in sorted(folders.items()):
+            if marks == {INCOMPLETE}:  # a run that never finished (a folder that lost its manifest is kept)
                 self.delete_prefix(f"{prefix}{folder}/")
                 removed.append(f"s3://{self.bucket}/{prefix}{folder}/")
+            elif INCOMPLETE in marks:  # a complete backup whose mark outlived its commit
+                try:
+                    with _s3_errors(f"s3://{self.bucket}/{prefix}{folder}/{INCOMPLETE}"):
+                        self.client.delete_object(Bucket=self.bucket, Key=f"{prefix}{folder}/{INCOMPLETE}")
+                except StorageError as exc:
+                    log.warning("cannot remove the mark %s/%s: %s", folder, INCOMPLETE, exc)
         return removed
 
 
