@@ -238,6 +238,25 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
+# Run in a killed dockvault's restore helper before it is removed: the helper waits for a verdict that will not
+# come, its staging folder in the volume. "abort" makes its own trap drop the folder; a helper already swapping it
+# in finishes. Then wait (at most 2 minutes) until the folder is gone. Backup helpers have neither: a no-op.
+_SETTLE = r"""
+for control in PIPE/control API; do
+  if [ -p "$control" ]; then exec 3<>"$control"; printf 'abort\n' >&3; fi
+done
+i=0
+while [ -e "/target/.dockvault-restore-$1" ] && [ "$i" -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+"""
+
+
+def _settle(container: Container) -> None:
+    script = _SETTLE.replace("PIPE", PIPE_MOUNT).replace("API", API_CONTROL)
+    with contextlib.suppress(docker.errors.APIError, EngineError, OSError):
+        execstream.run(container.client, container.id, ["sh", "-c", script, "sh",
+                                                        container.labels.get(LABEL_JOB, "")])
+
+
 def _remove_pipe_dir(container: Container) -> None:
     """The temp folder (FIFOs or probe file) a killed dockvault made for this helper: its bind mount at PIPE_MOUNT."""
     for mount in container.attrs.get("Mounts") or []:
@@ -516,6 +535,8 @@ class Engine:
             if container.labels.get(LABEL_POLICY) in spare or _owner_alive(container.labels):
                 continue
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                if container.status == "running":
+                    _settle(container)
                 container.remove(force=True, v=True)
                 removed.append(container.name)
                 _remove_pipe_dir(container)
