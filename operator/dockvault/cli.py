@@ -588,7 +588,7 @@ def retention_plan(
     from .controller.retention import plan_retention
     from .storage import repository_for
     policy = _policy(config_dir, policy_name)
-    backups = repository_for(policy).backups(policy.name)
+    backups = [b for b in repository_for(policy).backups(policy.name) if b.spec.host == policy.spec.host]
     plan = plan_retention(backups, policy.spec.retention, now=datetime.now(UTC), tz=policy.spec.timezone)
     by_id = {b.id: b for b in backups}
     rows = [{"BACKUP": d.backup_id, "LEVEL": by_id[d.backup_id].level, "CHAIN": _chain_text(by_id[d.backup_id], by_id),

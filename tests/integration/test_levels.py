@@ -150,3 +150,17 @@ def test_encrypted_chains_need_the_identity_to_build_on_a_base(docker_client, en
     unkeyed = policy("agelvl", source, repo_dir, differential={"schedule": "45 17 * * *"}, encryption={"age": age})
     blind = run_backup(unkeyed, engine=engine, repository=repo, level="differential").record
     assert blind.level == "full" and "identityFrom" in blind.status.message
+
+
+def test_a_differential_never_builds_on_another_hosts_full(docker_client, engine, volumes, repo_dir):
+    """Two hosts, one repository and one policy name (migration, or a shared bucket): each chain stays its own."""
+    source = volumes("hosts")
+    populate_volume(docker_client, source, megabytes=1)
+    repo = LocalRepository(repo_dir)
+    host_a = policy("hosts", source, repo_dir, host="a", differential={"schedule": "45 17 * * *"})
+    host_b = policy("hosts", source, repo_dir, host="b", differential={"schedule": "45 17 * * *"})
+    full_a = run_backup(host_a, engine=engine, repository=repo).record
+    diff_b = run_backup(host_b, engine=engine, repository=repo, level="differential").record
+    assert diff_b.level == "full" and "no full backup yet" in diff_b.status.message
+    diff_a = run_backup(host_a, engine=engine, repository=repo, level="differential").record
+    assert (diff_a.level, diff_a.base) == ("differential", full_a.id)

@@ -132,7 +132,8 @@ def _run_backup(policy: BackupPolicy, engine: Engine, repository: Repository, tr
     backup_id = new_backup_id(started, set())
     try:
         backups = repository.backups(policy.name)
-        level, increment = plan_increment(policy, backups, requested, repository, spool)
+        mine = [b for b in backups if b.spec.host == policy.spec.host]  # never build on another host's backup
+        level, increment = plan_increment(policy, mine, requested, repository, spool)
         taken = {b.id for b in backups}
         backup_id = new_backup_id(started, taken)
         while True:
