@@ -116,8 +116,10 @@ def make_client(spec: S3Storage) -> Any:
                           **keys)
 
 
-class _Buffer(io.RawIOBase):
-    """A read-only file over the first `length` bytes of a reused part buffer, for upload_part's Body."""
+class _Buffer:
+    """A read-only file over the first `length` bytes of a reused part buffer, for upload_part's Body. `read`
+    returns views, not copies: botocore hashes the body in 1 MiB reads and urllib3 sends it in small ones, and
+    1 MiB copies made on the upload threads left heap slack that grew with the artifact."""
 
     def __init__(self, memory: mmap.mmap, length: int) -> None:
         self._view = memoryview(memory)[:length]
@@ -129,11 +131,11 @@ class _Buffer(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def readinto(self, target: Any) -> int:
-        n = min(len(target), len(self._view) - self._position)
-        target[:n] = self._view[self._position:self._position + n]
-        self._position += n
-        return n
+    def read(self, size: int = -1) -> memoryview:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._position + size)
+        chunk = self._view[self._position:end]
+        self._position = end
+        return chunk
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
@@ -145,7 +147,6 @@ class _Buffer(io.RawIOBase):
 
     def close(self) -> None:
         self._view.release()
-        super().close()
 
 
 class _Part:
