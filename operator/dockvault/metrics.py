@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import dataclasses
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -33,6 +33,7 @@ from .api.backup import Backup
 from .api.notify import CHANNELS
 from .api.policy import BackupPolicy, CopyStatus, RepositoryCheck
 from .controller.status import Attempt, Measurement, parse_time
+from .exposition import EventFamily
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,11 @@ class DockvaultMetrics:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        def counter(name: str, documentation: str) -> Counter:
-            return Counter(PREFIX + name, documentation, POLICY_LABELS, registry=registry)
+        def counter(name: str, documentation: str, labels: Sequence[str] = POLICY_LABELS) -> EventFamily:
+            return EventFamily(PREFIX + name, documentation, labels)
 
-        def histogram(name: str, documentation: str) -> Histogram:
-            return Histogram(PREFIX + name, documentation, POLICY_LABELS, buckets=DURATION_BUCKETS, registry=registry)
+        def histogram(name: str, documentation: str) -> EventFamily:
+            return EventFamily(PREFIX + name, documentation, POLICY_LABELS, DURATION_BUCKETS)
 
         self._backup_attempts = counter("backup_attempts_total", "Backup runs started and finished, successful or not.")
         self._backup_failures = counter("backup_failures_total", "Backup runs that failed (nothing was published).")
@@ -99,14 +100,14 @@ class DockvaultMetrics:
             "restore_duration_seconds", "Duration of successful restores and restore drills in seconds."
         )
         copy_labels = (*POLICY_LABELS, "copy")
-        self._copies = Counter(PREFIX + "copy_syncs_total", "Syncs of a copy (3-2-1), successful or not.",
-                               copy_labels, registry=registry)
-        self._copy_failures = Counter(PREFIX + "copy_failures_total", "Syncs of a copy (3-2-1) that failed.",
-                                      copy_labels, registry=registry)
-        self._notifications_failed = Counter(
-            PREFIX + "notifications_failed_total",
+        self._copies = counter("copy_syncs_total", "Syncs of a copy (3-2-1), successful or not.", copy_labels)
+        self._copy_failures = counter("copy_failures_total", "Syncs of a copy (3-2-1) that failed.", copy_labels)
+        self._notifications_failed = counter(
+            "notifications_failed_total",
             "Notifications (a mail, or a POST to one webhook) that did not arrive after their retries, or were dropped.",
-            (*POLICY_LABELS, "channel"), registry=registry)
+            (*POLICY_LABELS, "channel"))
+        registry.register(EventsCollector((*self._per_policy(), self._copies, self._copy_failures,
+                                           self._notifications_failed)))
         registry.register(FactsCollector(facts, clock))
 
     def policy_seen(self, policy: str, host: str, targets: Sequence[str]) -> None:
@@ -114,46 +115,44 @@ class DockvaultMetrics:
 
         `targets` is accepted for the day a per-target event series appears; none has a target label yet.
         """
-        for metric in self._per_policy():
-            metric.labels(policy, host)
+        for family in self._per_policy():
+            family.touch(policy, host)
         for channel in CHANNELS:
-            self._notifications_failed.labels(policy, host, channel)
+            self._notifications_failed.touch(policy, host, channel)
 
     def backup_finished(self, policy: str, host: str, *, succeeded: bool, duration_seconds: float,
                         retry: bool = False) -> None:
         self.policy_seen(policy, host, ())
-        self._backup_attempts.labels(policy, host).inc()
+        self._backup_attempts.inc(policy, host)
         if retry:
-            self._backup_retries.labels(policy, host).inc()
+            self._backup_retries.inc(policy, host)
         if succeeded:
-            self._backup_duration.labels(policy, host).observe(max(0.0, duration_seconds))
+            self._backup_duration.observe(policy, host, amount=max(0.0, duration_seconds))
         else:
-            self._backup_failures.labels(policy, host).inc()
+            self._backup_failures.inc(policy, host)
 
     def retention_deleted(self, policy: str, host: str, count: int, refused: int = 0) -> None:
         self.policy_seen(policy, host, ())
-        self._retention_deleted.labels(policy, host).inc(count)
-        self._retention_refused.labels(policy, host).inc(refused)
+        self._retention_deleted.inc(policy, host, amount=count)
+        self._retention_refused.inc(policy, host, amount=refused)
 
     def copy_finished(self, policy: str, host: str, copy: str, *, succeeded: bool) -> None:
-        self._copies.labels(policy, host, copy).inc()
-        failures = self._copy_failures.labels(policy, host, copy)
-        if not succeeded:
-            failures.inc()
+        self._copies.inc(policy, host, copy)
+        self._copy_failures.inc(policy, host, copy, amount=0.0 if succeeded else 1.0)
 
     def notification_failed(self, policy: str, host: str, channel: str) -> None:
         """One receiver of `channel` (webhook or email) did not get a notification of the policy."""
-        self._notifications_failed.labels(policy, host, channel).inc()
+        self._notifications_failed.inc(policy, host, channel)
 
     def restore_finished(self, policy: str, host: str, *, succeeded: bool, duration_seconds: float) -> None:
         self.policy_seen(policy, host, ())
-        self._restores.labels(policy, host).inc()
+        self._restores.inc(policy, host)
         if succeeded:
-            self._restore_duration.labels(policy, host).observe(max(0.0, duration_seconds))
+            self._restore_duration.observe(policy, host, amount=max(0.0, duration_seconds))
         else:
-            self._restore_failures.labels(policy, host).inc()
+            self._restore_failures.inc(policy, host)
 
-    def _per_policy(self) -> tuple[Counter | Histogram, ...]:
+    def _per_policy(self) -> tuple[EventFamily, ...]:
         return (
             self._backup_attempts,
             self._backup_failures,
@@ -165,6 +164,17 @@ class DockvaultMetrics:
             self._restore_failures,
             self._restore_duration,
         )
+
+
+class EventsCollector(Collector):
+    """The counters and histograms, each a snapshot taken at the scrape."""
+
+    def __init__(self, families: Sequence[EventFamily]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families:
+            yield family.collect()
 
 
 class FactsCollector(Collector):
