@@ -64,6 +64,8 @@ EVERY_FAMILY = (
     "dockvault_rto_target_seconds",
     "dockvault_rto_seconds",
     "dockvault_drill_last_success_timestamp_seconds",
+    "dockvault_check_last_run_timestamp_seconds",
+    "dockvault_check_damaged_artifacts",
     "dockvault_repository_backups",
     "dockvault_rpo_seconds",  # deprecated copies
     "dockvault_verify_last_success_timestamp_seconds",
