@@ -54,8 +54,8 @@ from pathlib import Path
 
 from common import (DOCKVAULT, GiB, MiB, QUIET, BenchError, Method, Run, add_run_options, check_args, cli_startup,
                     docker, dockvault_env, human, log, machine, machine_line, mark, mountpoint, parse_size,
-                    print_methods, print_rows, remove_volume, remove_volumes, rss_floor, run_bench, run_timed, size_label, sync,
-                    volume_exists)
+                    print_methods, print_rows, remove_volume, remove_volumes, rss_floor, run_bench, run_timed, size_label,
+                    sync, tool_version, volume_exists)
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests/second_engine.py
 from tests.second_engine import tls_engine  # noqa: E402
@@ -582,7 +582,7 @@ class Bench:
         }
         return {
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": machine("zstd", "tar", "restic", "borg"),
+            "machine": {**machine("zstd", "tar", "borg"), "restic": tool_version(["restic", "version"])},
             "code": code_version(),
             "work_dir": self.where,
             "volume": {"name": self.volume, "size_arg": self.args.size, "raw_bytes": raw, "files": len(self.source.files),
