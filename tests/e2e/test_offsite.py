@@ -15,6 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from dockvault.storage.s3 import INDEX
 from tests.e2e.cli import dockvault
 from tests.treecheck import populate_volume, snapshot_volume
 
@@ -159,7 +160,8 @@ def test_sigkill_mid_upload_is_cleaned_up_by_the_next_start(s3_server, docker_cl
     assert "multipart upload" in result.stderr
     listed = json.loads(dockvault("get", "backups", "-o", "json", env=env).stdout)
     assert len(listed) == 1 and listed[0]["status"]["phase"] == "Succeeded"
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]
+            if not o["Key"].endswith(f"/{INDEX}")]  # the listing index
     assert len({k.split("/")[2] for k in keys}) == 1  # no half backup folder left
 
 

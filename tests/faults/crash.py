@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from dockvault.storage.s3 import INDEX
 from tests.treecheck import APP_LOOP, populate_volume
 
 KINDS = ("volume-stop", "volume-stop-deaf", "postgres", "mariadb", "restore", "drill", "retention", "copy", "s3")
@@ -274,7 +275,8 @@ class Site:
             listed = {b for b in now}
             keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
                     for o in page.get("Contents", [])]
-            stray = [k for k in keys if k.split("/")[2] not in listed and "/.restores/" not in f"/{k}"]
+            stray = [k for k in keys if k.split("/")[2] not in listed and "/.restores/" not in f"/{k}"
+                     and not k.endswith(f"/{INDEX}")]  # the listing index is not a backup's
             tally.bad("corrupt", len(stray), f"{kind}: objects outside any listed backup {when}: {stray}")
         helpers = self.client.containers.list(all=True, filters={"label": f"dockvault.io/policy={self.policy}"})
         tally.bad("leftovers", len(helpers), f"{kind}: helper containers {when}: {[c.name for c in helpers]}")

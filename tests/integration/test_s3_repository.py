@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import zstandard
 
 from dockvault.api import Backup, BackupPolicy, RestoreRequest
 from dockvault.api.policy import S3Storage
 from dockvault.storage import repository_for
-from dockvault.storage.base import StorageError
-from dockvault.storage.s3 import FIRST_PART, MAX_PARTS, S3Repository, part_size
+from dockvault.storage import s3 as s3_module
+from dockvault.storage.base import MANIFEST, StorageError, manifest_chunks
+from dockvault.storage.s3 import FIRST_PART, INDEX, INDEX_LIMIT, MAX_PARTS, S3Repository, part_size
 
 MIB = 1 << 20
 
@@ -33,9 +36,10 @@ def record(policy: str, backup_id: str, artifacts: list[dict] | None = None) -> 
                    "artifacts": artifacts or []}})
 
 
-def keys(server, bucket: str) -> list[str]:
+def keys(server, bucket: str, index: bool = False) -> list[str]:
+    """Every key in `bucket`; the listing index (.index.json.zst, see the index tests) only when `index`."""
     return sorted(o["Key"] for page in server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                  for o in page.get("Contents", []))
+                  for o in page.get("Contents", []) if index or not o["Key"].endswith(f"/{INDEX}"))
 
 
 def test_part_sizes_reach_5_tib_within_10000_parts():
@@ -161,6 +165,109 @@ def test_restore_outcomes_are_kept_beside_the_backups(s3_server, s3_env):
     repo.save_restore("bring-back", "abc", RestoreRequestStatus(phase="Succeeded", backup="20261120T030000Z"))
     assert repo.restore_outcome("bring-back", "abc").backup == "20261120T030000Z"
     assert repo.policies() == []  # .restores is not a policy
+
+
+def indexed_repository(server, bucket: str, count: int) -> tuple[S3Repository, list[str]]:
+    """`count` backups of policy offsite written straight into the bucket, and a repository over them."""
+    client = server.client()
+    ids = [f"2026112{n // 10}T03{n % 10}000Z" for n in range(count)]
+    for backup_id in ids:
+        client.put_object(Bucket=bucket, Key=f"host-a/offsite/{backup_id}/{MANIFEST}",
+                          Body=b"".join(manifest_chunks(record("offsite", backup_id))))
+    return repository_for(s3_policy(server, bucket)), ids
+
+
+def gets(repo: S3Repository) -> list[str]:
+    """The keys `repo` GETs from now on."""
+    seen: list[str] = []
+    repo.client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: seen.append(params["Key"]))
+    return seen
+
+
+def fresh_process() -> None:
+    s3_module._listings.clear()
+
+
+def read_index(server, bucket: str) -> dict:
+    body = server.client().get_object(Bucket=bucket, Key=f"host-a/offsite/{INDEX}")["Body"].read()
+    return json.loads(zstandard.ZstdDecompressor().decompress(body))["manifests"]
+
+
+def test_the_index_lists_a_fresh_process_with_one_get_and_a_warm_one_with_none(s3_server, s3_env):
+    bucket = s3_server.bucket()
+    repo, ids = indexed_repository(s3_server, bucket, 12)
+    first = gets(repo)
+    assert [b.id for b in repo.backups("offsite")] == ids
+    assert sorted(first) == sorted(f"host-a/offsite/{i}/{MANIFEST}" for i in ids)  # no index yet: every manifest
+    assert sorted(read_index(s3_server, bucket)) == ids
+    assert repo.policies() == ["offsite"] and sorted(repo.stored_files("offsite")) == ids  # the index is neither
+    assert repo.clean_temporaries("offsite") == [] and f"host-a/offsite/{INDEX}" in keys(s3_server, bucket, index=True)
+
+    fresh_process()
+    cold = repository_for(s3_policy(s3_server, bucket))
+    seen = gets(cold)
+    assert cold.backups("offsite") == repo.backups("offsite")
+    assert seen == [f"host-a/offsite/{INDEX}"]
+    seen.clear()
+    assert [b.id for b in cold.backups("offsite")] == ids and seen == []  # warm: the listing only
+
+
+def test_a_replaced_manifest_is_read_again_and_a_deleted_backup_leaves_the_listing(s3_server, s3_env):
+    bucket = s3_server.bucket()
+    repo, ids = indexed_repository(s3_server, bucket, 5)
+    repo.backups("offsite")
+    changed = record("offsite", ids[1]).model_copy(update={"spec": record("offsite", ids[1]).spec.model_copy(
+        update={"trigger": "manual"})})
+    s3_server.client().put_object(Bucket=bucket, Key=f"host-a/offsite/{ids[1]}/{MANIFEST}",
+                                  Body=b"".join(manifest_chunks(changed)))
+    repo.delete("offsite", ids[3])
+
+    for fresh in (False, True):  # the same process, and a fresh one
+        if fresh:
+            fresh_process()
+        cold = repository_for(s3_policy(s3_server, bucket))
+        seen = gets(cold)
+        listed = cold.backups("offsite")
+        assert [b.id for b in listed] == [i for i in ids if i != ids[3]]
+        assert [b.spec.trigger for b in listed] == ["schedule", "manual", "schedule", "schedule"]
+        # the replaced manifest is read again, once; then the rewritten index holds it
+        assert seen == [f"host-a/offsite/{INDEX}"] + ([] if fresh else [f"host-a/offsite/{ids[1]}/{MANIFEST}"])
+    index = read_index(s3_server, bucket)
+    assert sorted(index) == [i for i in ids if i != ids[3]] and '"manual"' in index[ids[1]]["manifest"]
+
+    for backup_id in ids:
+        if backup_id != ids[3]:
+            repo.delete("offsite", backup_id)
+    assert repo.backups("offsite") == [] and keys(s3_server, bucket, index=True) == []  # the index goes too
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not json", "swapped", "wrong etag", "huge frame"])
+def test_a_corrupt_index_is_ignored_and_rebuilt(s3_server, s3_env, damage, caplog):
+    bucket = s3_server.bucket()
+    repo, ids = indexed_repository(s3_server, bucket, 4)
+    expected = repo.backups("offsite")
+    key = f"host-a/offsite/{INDEX}"
+    client = s3_server.client()
+    good = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    entries = read_index(s3_server, bucket)
+    compress = zstandard.ZstdCompressor().compress
+    if damage == "swapped":  # each entry well-formed, with its ETag, but another backup's manifest
+        entries[ids[0]]["manifest"], entries[ids[2]]["manifest"] = entries[ids[2]]["manifest"], entries[ids[0]]["manifest"]
+    elif damage == "wrong etag":  # an entry whose manifest is not the one its ETag names
+        entries[ids[1]]["manifest"] = entries[ids[1]]["manifest"].replace('"schedule"', '"manual"')
+    body = {"garbage": os.urandom(500), "truncated": good[:len(good) // 2], "not json": compress(b"{'manifests': 1"),
+            "swapped": compress(json.dumps({"manifests": entries}).encode()),
+            "wrong etag": compress(json.dumps({"manifests": entries}).encode()),
+            "huge frame": zstandard.ZstdCompressor().compress(b" " * (INDEX_LIMIT + 1))}[damage]
+    client.put_object(Bucket=bucket, Key=key, Body=body)
+
+    fresh_process()
+    cold = repository_for(s3_policy(s3_server, bucket))
+    assert cold.backups("offsite") == expected
+    fresh_process()
+    seen = gets(cold)
+    assert cold.backups("offsite") == expected and seen == [key]  # rebuilt: one GET again
+    assert sorted(read_index(s3_server, bucket)) == ids
 
 
 @pytest.mark.docker
