@@ -458,9 +458,10 @@ def get_backups(
         if policy_name and name != policy_name:
             continue
         repository = repository_for(item.resource)  # type: ignore[arg-type]
-        records = {record.id: record for record in repository.backups(name)}
+        listed, stored = repository.listing(name)
+        records = {record.id: record for record in listed}
         damage: dict[str, list[str]] = {}
-        for d in check_repository(name, repository, backups=list(records.values())).damage:
+        for d in check_repository(name, repository, backups=listed, stored=stored).damage:
             damage.setdefault(d.backup_id, []).append(d.problem if d.artifact == MANIFEST_DAMAGE
                                                       else f"{d.artifact}: {d.problem}")
         for backup_id in sorted(records.keys() | damage.keys()):

@@ -123,14 +123,17 @@ def _hash(repository: Repository, policy: str, backup: Backup, artifact: Artifac
 
 def check_repository(policy: str, repository: Repository, *, name: str = "primary", read_data: bool = False,
                      subset: float | None = None, seed: int | None = None, cancel: threading.Event | None = None,
-                     backups: list[Backup] | None = None) -> CheckReport:
-    """Check one repository's backups of `policy` (`backups`: its listing, when the caller has just read it);
-    never raises for what it finds."""
+                     backups: list[Backup] | None = None,
+                     stored: dict[str, dict[str, int]] | None = None) -> CheckReport:
+    """Check one repository's backups of `policy` (`backups` and `stored`: its listing and stored files, when the
+    caller has just read them); never raises for what it finds."""
     clock = time.monotonic()
     seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
     try:
+        if backups is None and stored is None:
+            backups, stored = repository.listing(policy)
         backups = repository.backups(policy) if backups is None else backups
-        stored = repository.stored_files(policy)
+        stored = repository.stored_files(policy) if stored is None else stored
         recorded = {b.id for b in backups}
         problems = {bid: repository.manifest_problem(policy, bid) or "no valid manifest"
                     for bid in stored if bid not in recorded}

@@ -62,6 +62,9 @@ class Repository(Protocol):
     def stored_files(self, policy: str) -> dict[str, dict[str, int]]:
         """Every backup folder of `policy`, complete or not: backup id -> {file name: stored size in bytes}."""
 
+    def listing(self, policy: str) -> tuple[list[Backup], dict[str, dict[str, int]]]:
+        """`backups` and `stored_files` together, from one look where the repository can (one S3 walk)."""
+
     def exists(self, policy: str, backup_id: str) -> bool:
         """Does the backup's folder hold anything (complete or not)?"""
 

@@ -113,6 +113,9 @@ class LocalRepository:
                 log.error("%s: unreadable manifest, ignored: %s", manifest, exc)
         return found
 
+    def listing(self, policy: str) -> tuple[list[Backup], dict[str, dict[str, int]]]:
+        return self.backups(policy), self.stored_files(policy)
+
     def open_artifact(self, policy: str, backup_id: str, name: str) -> BinaryIO:
         return open(self._folder(policy, backup_id) / name, "rb")
 

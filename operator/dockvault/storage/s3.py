@@ -6,8 +6,10 @@ stream through multipart uploads with bounded memory: parts start at 8 MiB and d
 a stream of unknown size reaches 5 TiB well within S3's 10,000 parts (8 TiB in all), while everything up to
 7.8 GiB uses 8 MiB parts, held in IN_FLIGHT + 1 reused buffers; parts above SPOOL_OVER are spooled to a temp
 file, not held in memory. Manifests
-are immutable once written, so listing caches them by key and ETag: a listing of 1,000 backups is one
-ListObjectsV2 walk plus the manifests not seen before, fetched in parallel.
+are immutable once written, so a listing trusts what it has already read for as long as the manifest's ETag is
+the same: a process keeps its last listing, and each policy folder has an index object (.index.json.zst:
+every manifest's text with its ETag), so a fresh process lists 10,000 backups with one ListObjectsV2 walk
+(its ranges in parallel) and one GET, plus the manifests the index lacks.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import mmap
 import queue
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -47,6 +49,7 @@ IN_FLIGHT = 2  # parts uploading while the next one fills (with 3, backups to S3
 RESTORES = ".restores"
 INDEX = ".index.json.zst"  # <prefix>/<policy>/INDEX: every manifest with its ETag, for listings
 INDEX_LIMIT = 256 * MIB  # an index claiming more is not read
+WALKERS = 4  # ranges of a long policy folder listed in parallel
 _LOCKED = {"AccessDenied", "ObjectLocked", "InvalidRequest"}
 
 
@@ -427,35 +430,74 @@ class S3Repository:
         return sorted(found)
 
     def backups(self, policy: str) -> list[Backup]:
-        """One ListObjectsV2 walk gives every manifest's ETag; the records come from this process's last listing,
-        then from the policy's index object (one GET), and only the rest from their manifests. The index is
-        written back when it was missing, stale or unreadable."""
-        folder = self.key(policy) + "/"
-        listed: dict[str, str] = {}  # backup id -> its manifest's ETag
+        return self.listing(policy)[0]
+
+    def _walk(self, folder: str, around: Iterable[str] = ()
+              ) -> tuple[dict[str, str], str | None, dict[str, dict[str, int]]]:
+        """One ListObjectsV2 walk of a policy folder: backup id -> its manifest's ETag, the index's ETag, and
+        backup id -> {file: size} of every folder but those still being written. Backup ids known to be there
+        (`around`) split a long walk into ranges listed in parallel: S3 serves a listing one page of 1,000 keys
+        after another (60 ms each on SeaweedFS, 1.2 s of a 10,000-backup listing)."""
+        ids = sorted(around)
+        cuts = [n * len(ids) // WALKERS for n in range(1, WALKERS)] if len(ids) >= 2000 else []
+        # A range starts after the backup before its first: SeaweedFS skips a "folder" named by StartAfter, AWS
+        # lists it (twice then, which is harmless).
+        ranges = list(zip([None, *(folder + ids[c - 1] for c in cuts)], [*(folder + ids[c] for c in cuts), None]))
+        with concurrent.futures.ThreadPoolExecutor(len(ranges)) as pool:
+            walked = {item["Key"]: item for items in pool.map(lambda r: self._list_range(folder, *r), ranges)
+                      for item in items}
+        listed: dict[str, str] = {}
         index_etag = None
-        for page in self._list(folder):
-            for item in page.get("Contents", []):
-                parts = item["Key"][len(folder):].split("/")
-                if len(parts) == 2 and parts[1] == MANIFEST:
+        found: dict[str, dict[str, int]] = {}
+        for item in walked.values():
+            parts = item["Key"][len(folder):].split("/")
+            if len(parts) == 2 and parts[0] and not parts[0].startswith("."):
+                found.setdefault(parts[0], {})[parts[1]] = item["Size"]
+                if parts[1] == MANIFEST:
                     listed[parts[0]] = item["ETag"]
-                elif parts == [INDEX]:
-                    index_etag = item["ETag"]
+            elif parts == [INDEX]:
+                index_etag = item["ETag"]
+        stored = {backup: sizes for backup, sizes in found.items() if INCOMPLETE not in sizes or MANIFEST in sizes}
+        return listed, index_etag, stored
+
+    def _list_range(self, folder: str, start: str | None, stop: str | None) -> list[dict[str, Any]]:
+        """The objects of `folder` with keys after `start` and before `stop`."""
+        kwargs = {"Bucket": self.bucket, "Prefix": folder, **({"StartAfter": start} if start else {})}
+        found = []
+        with _s3_errors(f"listing s3://{self.bucket}/{folder}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+                for item in page.get("Contents", []):
+                    if stop is not None and item["Key"] >= stop:
+                        return found
+                    found.append(item)
+        return found
+
+    def listing(self, policy: str) -> tuple[list[Backup], dict[str, dict[str, int]]]:
+        """`backups` and `stored_files` from one walk. The records come from this process's last listing, then
+        from the policy's index object (one GET), and only the rest from their manifests; the index is written
+        back when it was missing, stale or unreadable."""
+        folder = self.key(policy) + "/"
         where = (self.spec.endpoint or "", self.bucket, folder)
         with _listings_lock:
             last = _listings.get(where)
+        index = self._read_index(folder) if last is None else None  # first: its backup ids split the walk
+        listed, index_etag, stored = self._walk(folder, last.manifests if last is not None else index or ())
         known = {i: entry for i, etag in listed.items()
                  if last is not None and (entry := last.manifests.get(i)) is not None and entry[0] == etag}
         if last is None or last.index_etag != index_etag or not len(known) == len(listed) == len(last.manifests):
-            known, index_etag = self._from_index(folder, listed, known, index_etag)
+            known, index_etag = self._from_index(folder, listed, known, index_etag, index)
         with _listings_lock:
             _listings[where] = _Listing(index_etag, known)
-        return [backup for i in sorted(listed) if (backup := known[i][1]) is not None]
+        return [backup for i in sorted(listed) if (backup := known[i][1]) is not None], stored
 
     def _from_index(self, folder: str, listed: dict[str, str], known: dict[str, tuple[str, Backup | None]],
-                    index_etag: str | None) -> tuple[dict[str, tuple[str, Backup | None]], str | None]:
-        """Every listed manifest's record, from `known`, the index or a GET; and the ETag of an index holding
-        exactly the listed manifests (None when there is none: writing it failed, or nothing is listed)."""
-        index = self._read_index(folder) if index_etag is not None else {}
+                    index_etag: str | None, index: dict[str, tuple[str, str]] | None,
+                    ) -> tuple[dict[str, tuple[str, Backup | None]], str | None]:
+        """Every listed manifest's record, from `known`, the index (read now unless given) or a GET; and the ETag
+        of an index holding exactly the listed manifests (None when there is none: writing it failed, or nothing
+        is listed)."""
+        if index is None:
+            index = self._read_index(folder) if index_etag is not None else {}
         texts = {i: text for i, (etag, text) in index.items() if listed.get(i) == etag}
         stale = index_etag is None or len(texts) < len(index) or len(texts) < len(listed)
         doubtful = set()  # entries that are not a manifest of their backup: a corrupt index, or a corrupt manifest
@@ -531,15 +573,7 @@ class S3Repository:
             return None
 
     def stored_files(self, policy: str) -> dict[str, dict[str, int]]:
-        folder = self.key(policy) + "/"
-        found: dict[str, dict[str, int]] = {}
-        for page in self._list(folder):
-            for item in page.get("Contents", []):
-                parts = item["Key"][len(folder):].split("/")
-                if len(parts) == 2 and parts[0] and not parts[0].startswith("."):
-                    found.setdefault(parts[0], {})[parts[1]] = item["Size"]
-        return {folder: sizes for folder, sizes in found.items()  # not backups still being written
-                if INCOMPLETE not in sizes or MANIFEST in sizes}
+        return self._walk(self.key(policy) + "/")[2]
 
     def manifest_problem(self, policy: str, backup_id: str) -> str | None:
         from botocore.exceptions import ClientError
