@@ -139,3 +139,13 @@ def tls_docker_env(docker_client, test_image) -> Iterator[dict[str, str]]:
 
     with tls_engine(test_image, os.environ["DOCKER_HOST"]) as env:
         yield env
+
+
+@pytest.fixture
+def cli_env(tmp_path, test_image) -> dict[str, str]:
+    """The environment of a `dockvault` CLI run with its own config and state dirs and the fixture image."""
+    env = dict(os.environ)
+    env.update(DOCKVAULT_STATE_DIR=str(tmp_path / "state"), DOCKVAULT_HELPER_IMAGE=test_image,
+               DOCKVAULT_CONFIG_DIR=str(tmp_path / "config"))
+    (tmp_path / "config").mkdir()
+    return env

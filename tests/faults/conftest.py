@@ -15,16 +15,6 @@ SEED = int(os.environ.get("DOCKVAULT_FAULT_SEED", "13"))
 
 
 @pytest.fixture
-def cli_env(tmp_path, test_image) -> dict[str, str]:
-    """The environment of a `dockvault` CLI run with its own config and state dirs and the fixture image."""
-    env = dict(os.environ)
-    env.update(DOCKVAULT_STATE_DIR=str(tmp_path / "state"), DOCKVAULT_HELPER_IMAGE=test_image,
-               DOCKVAULT_CONFIG_DIR=str(tmp_path / "config"))
-    (tmp_path / "config").mkdir()
-    return env
-
-
-@pytest.fixture
 def fault_site(request, tmp_path, docker_client, test_image) -> Iterator[Callable[..., object]]:
     """Factory: `fault_site(kind)` -> a set-up tests.faults.crash.Site, closed after the test."""
     from tests.faults.crash import Site
