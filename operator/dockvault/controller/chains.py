@@ -37,14 +37,6 @@ def chain_of(backup: Backup, by_id: Mapping[str, Backup]) -> list[Backup]:
     return links[::-1]
 
 
-def restorable(backup: Backup, by_id: Mapping[str, Backup]) -> bool:
-    try:
-        chain_of(backup, by_id)
-    except BrokenChain:
-        return False
-    return backup.succeeded
-
-
 @dataclass(frozen=True)
 class LevelPlan:
     level: str

@@ -12,6 +12,7 @@ from ..api.restore import RestoreTarget
 from ..engine.core import CONTROL, LABEL_DRILL, STREAM, Engine, EngineError, Helper
 from ..engine.fifo import PeerGone
 from ..engine.quiesce import Journal, quiesced
+from ..storage.codec import read_chunks
 from .base import BackupContext, Opener, RestoreContext, RestoreRefused, SourceError
 from .tarcheck import checked_tar, new_checker
 from .tarindex import chain_index, tree_index
@@ -128,13 +129,8 @@ def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
         archive = _published(ctx, target, chunks, details, notes)
         snapshot.seek(0)
         snar = ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.snar",
-                           chunks=_blocks(snapshot), details={"snapshotOf": archive.file})
+                           chunks=read_chunks(snapshot), details={"snapshotOf": archive.file})
     return [archive, snar.model_copy(update={"role": "snapshot"})]
-
-
-def _blocks(file: BinaryIO) -> Iterator[bytes]:
-    while block := file.read(1 << 20):
-        yield block
 
 
 def _published(ctx: BackupContext, target: BackupTarget, chunks: Iterator[bytes], details: dict[str, str],
