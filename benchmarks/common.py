@@ -138,6 +138,15 @@ def remove_volumes(*names: str) -> None:
             log(f"warning: {exc}")
 
 
+def remove_work_and_source(bench) -> None:
+    """The end of a script's clean-up: its scratch folder (`bench.work`) and, unless --keep, the source volume
+    (`bench.volume`); either may not exist yet when set-up failed."""
+    if getattr(bench, "work", None):
+        shutil.rmtree(bench.work, ignore_errors=True)
+    if not bench.args.keep and getattr(bench, "volume", None):
+        remove_volumes(bench.volume)
+
+
 def dockvault_env(image: str, state: Path) -> dict[str, str]:
     """Environment of the timed dockvault commands: the fixture image as helper, a private state folder."""
     env = dict(os.environ, DOCKVAULT_HELPER_IMAGE=image, DOCKVAULT_STATE_DIR=str(state))

@@ -116,14 +116,9 @@ class Bench:
                     f"RSS {run.maxrss_kib / 1024:.1f} MiB, busy before {run.background:.0%} ({run.stdout.strip()})")
 
     def cleanup(self) -> None:
-        import shutil
+        from common import remove_work_and_source
 
-        from common import remove_volumes
-
-        if getattr(self, "work", None):
-            shutil.rmtree(self.work, ignore_errors=True)
-        if not self.args.keep and getattr(self, "volume", None):
-            remove_volumes(self.volume)
+        remove_work_and_source(self)
 
     def summary(self) -> dict:
         raw = self.source.bytes

@@ -33,7 +33,6 @@ import importlib.metadata
 import os
 import re
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
@@ -47,8 +46,8 @@ import yaml
 
 from common import (DOCKVAULT, BenchError, Method, Run, add_run_options, check_args, cli_startup, docker,
                     dockvault_env, human, log, machine, machine_line, mark, mountpoint, parse_size, print_methods,
-                    print_rows, process_cpu_reader, remove_volumes, rss_floor, run_bench, run_timed,
-                    tool_version, volume_exists)
+                    print_rows, process_cpu_reader, remove_volumes, remove_work_and_source, rss_floor, run_bench,
+                    run_timed, tool_version, volume_exists)
 from volume_backup import VOLUME_PREFIX, code_version, prepare_source, verify
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests/s3fixture.py
@@ -259,10 +258,7 @@ class Bench:
         remove_volumes(*self.restore_volumes)
         if self.server is not None:
             self.server.stop()
-        if getattr(self, "work", None):
-            shutil.rmtree(self.work, ignore_errors=True)
-        if not self.args.keep and getattr(self, "volume", None):
-            remove_volumes(self.volume)
+        remove_work_and_source(self)
 
     # ---- report
     def summary(self) -> dict:

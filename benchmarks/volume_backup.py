@@ -54,8 +54,8 @@ from pathlib import Path
 
 from common import (DOCKVAULT, GiB, MiB, QUIET, BenchError, Method, Run, add_run_options, check_args, cli_startup,
                     docker, dockvault_env, human, log, machine, machine_line, mark, mountpoint, parse_size,
-                    print_methods, print_rows, remove_volume, remove_volumes, rss_floor, run_bench, run_timed, size_label,
-                    sync, tool_version, volume_exists)
+                    print_methods, print_rows, remove_volume, remove_work_and_source, rss_floor, run_bench, run_timed,
+                    size_label, sync, tool_version, volume_exists)
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests/second_engine.py
 from tests.second_engine import tls_engine  # noqa: E402
@@ -537,10 +537,7 @@ class Bench:
         for host, vol in self.restore_volumes:
             docker_at(host, "volume", "rm", "-f", vol, check=False)
         self.stack.close()  # stops the TLS engine and removes its data
-        if getattr(self, "work", None):
-            shutil.rmtree(self.work, ignore_errors=True)
-        if not self.args.keep and getattr(self, "volume", None):
-            remove_volumes(self.volume)
+        remove_work_and_source(self)
 
     # ---- report
     def summary(self) -> dict:
