@@ -16,16 +16,18 @@ def dockvault(*args: str, env: dict[str, str], check: bool = True) -> subprocess
     return result
 
 
-def write_policy(config: Path, *, name: str, volume: str, repo: Path, extra: str = "", file: str | None = None) -> None:
+def write_policy(config: Path, *, name: str, volume: str, repo: Path, extra: str = "", file: str | None = None,
+                 host: str = "local", quiesce: str = "stop") -> None:
     (config / (file or f"{name}.yaml")).write_text(textwrap.dedent(f"""\
         apiVersion: dockvault.io/v1alpha1
         kind: BackupPolicy
         metadata: {{name: {name}}}
         spec:
+          host: {host}
           schedule: "0 3 * * *"
           targets:
             - name: data
-              volume: {{name: {volume}, quiesce: stop}}
+              volume: {{name: {volume}, quiesce: {quiesce}}}
           storage: {{local: {{path: {repo}}}}}
         """) + extra)
 

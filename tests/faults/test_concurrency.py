@@ -7,12 +7,11 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.cli import dockvault
+from tests.e2e.cli import dockvault, write_policy
 from tests.treecheck import populate_volume
 from tests.waiting import eventually
 
@@ -21,18 +20,8 @@ pytestmark = pytest.mark.docker
 
 def policy(config: Path, *, name: str, volume: str, repo: Path, host: str = "local", quiesce: str = "none",
            extra: str = "") -> None:
-    (config / f"{name}-{host}.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: dockvault.io/v1alpha1
-        kind: BackupPolicy
-        metadata: {{name: {name}}}
-        spec:
-          host: {host}
-          schedule: "0 3 * * *"
-          targets:
-            - name: data
-              volume: {{name: {volume}, quiesce: {quiesce}}}
-          storage: {{local: {{path: {repo}}}}}
-        """) + extra)
+    write_policy(config, name=name, volume=volume, repo=repo, extra=extra, file=f"{name}-{host}.yaml", host=host,
+                 quiesce=quiesce)
 
 
 def spawn_run(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen:
