@@ -396,7 +396,7 @@ def _status(policy: BackupPolicy, state: StateStore, now: datetime) -> BackupPol
     status = policy_status(policy, repository_for(policy).backups(policy.name), state.last_attempt(policy.name),
                            now=now, measured=state.last_measurement(policy.name),
                            drill=state.last_drill(policy.name), previous=state.conditions(policy.name),
-                           copies=state.copy_statuses(policy.name))
+                           copies=state.copy_statuses(policy.name), check=state.last_check(policy.name))
     state.save_conditions(policy.name, status.conditions)
     return status
 

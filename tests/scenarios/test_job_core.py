@@ -237,3 +237,26 @@ def test_a_differential_schedule_runs_differentials_on_the_full(frontend, docker
     backups = repository_for(BackupPolicy.model_validate(doc)).backups("diff")
     full, diff = sorted(backups, key=lambda b: b.id)[:2]
     assert (full.level, full.base, diff.level, diff.base) == ("full", None, "differential", full.id)
+
+
+def test_a_scheduled_check_finds_damage_in_both_front_ends(frontend, docker_client, engine, volumes, repo_dir):
+    """spec.check through the one job runner: the first check runs at once once there is a backup; a truncated
+    artifact shows in status.lastCheck and in dockvault_check_damaged_artifacts."""
+    from dockvault.actions import backup as backup_action
+    from dockvault.api.policy import BackupPolicy
+    from dockvault.storage import repository_for
+
+    source = volumes("core-check")
+    populate_volume(docker_client, source, megabytes=1)
+    doc = policy_doc("checked", [{"name": "media", "volume": {"name": source}}], repo_dir,
+                     check={"schedule": "0 4 * * *"})
+    model = BackupPolicy.model_validate(doc)
+    outcome = backup_action.run_backup(model, engine=engine, repository=repository_for(model))
+    assert outcome.succeeded, outcome.record.status.message
+    artifact = repo_dir / "checked" / outcome.record.id / outcome.record.status.artifacts[0].file
+    artifact.write_bytes(artifact.read_bytes()[:-100])  # truncated: its size no longer matches the manifest
+    frontend.apply(doc)
+    frontend.start()
+    check = eventually("the check", lambda: frontend.policy_status("checked").get("lastCheck"), timeout=90)
+    assert check["phase"] == "Failed" and check["damagedArtifacts"] == 1 and check["backups"] == 1, check
+    eventually("the damage metric", lambda: sample(frontend, "dockvault_check_damaged_artifacts", "checked") == 1)

@@ -13,6 +13,7 @@ from dockvault.actions.check import MANIFEST_DAMAGE, CheckReport, Damage, plan_c
 from dockvault.api.policy import BackupPolicy, RepositoryCheck
 from dockvault.controller import jobs
 from dockvault.controller.schedule import check_due
+from dockvault.controller.status import policy_status
 from dockvault.frontends.kubestate import KubeState
 from dockvault.frontends.state import StateStore
 from dockvault.metrics import DockvaultMetrics, facts_for
@@ -117,7 +118,10 @@ def test_both_states_keep_the_last_check(tmp_path):
     kube = KubeState(lambda *args: None)
     kube.record_check("ns/myapp", check)
     assert kube.last_check("ns/myapp") == check
-    assert kube.policy_extras("ns/myapp")["lastCheck"]["damagedArtifacts"] == 2
+    # both front ends write status through controller.status.policy_status, given the state's last check
+    status = policy_status(policy(check={"schedule": "0 4 * * *"}), [], None, now=utc(2026, 11, 22),
+                           check=kube.last_check("ns/myapp")).to_dict()
+    assert status["lastCheck"]["damagedArtifacts"] == 2
     seeded = KubeState(lambda *args: None)
     seeded.observe_policy("ns/other", {"status": {"lastCheck": check.to_dict()}})
     assert seeded.last_check("ns/other") == check

@@ -18,7 +18,7 @@ from typing import Any
 from ..api.backup import Backup
 from ..api.common import API_VERSION, Condition
 from ..api.loader import parse_document
-from ..api.policy import BackupPolicy, BackupPolicyStatus, CopyStatus, Drill
+from ..api.policy import BackupPolicy, BackupPolicyStatus, CopyStatus, Drill, RepositoryCheck
 from ..api.restore import RestoreRequest, RestoreRequestStatus
 from .status import Attempt, Measurement, iso, parse_time, policy_status, with_transitions
 
@@ -140,6 +140,7 @@ def policy_patch(
     drill: Drill | None = None,
     policy: BackupPolicy | None = None,
     copies: Sequence[CopyStatus] = (),
+    check: RepositoryCheck | None = None,
 ) -> dict[str, Any]:
     """The policy's whole status (camelCase, for patch.status) from its body, its repository's backups and its last run.
     `policy`: the body already parsed, when the caller has it."""
@@ -151,7 +152,7 @@ def policy_patch(
     if policy is None:
         return invalid_policy_patch(errors, previous=previous.conditions, generation=generation, now=now)
     status = policy_status(policy, backups, last_attempt, now=now, measured=measured, drill=drill,
-                           previous=previous.conditions, copies=copies)
+                           previous=previous.conditions, copies=copies, check=check)
     return status.model_copy(update={"observed_generation": generation}).to_dict()
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..api.backup import Backup
 from ..api.common import Condition, format_duration
-from ..api.policy import BackupPolicy, BackupPolicyStatus, BackupRef, CopySpec, CopyStatus, Drill, MeasuredRto
+from ..api.policy import (BackupPolicy, BackupPolicyStatus, BackupRef, CopySpec, CopyStatus, Drill, MeasuredRto,
+                          RepositoryCheck)
 from .schedule import backup_due
 
 
@@ -173,6 +174,7 @@ def policy_status(
     drill: Drill | None = None,
     previous: Sequence[Condition] = (),
     copies: Sequence[CopyStatus] = (),
+    check: RepositoryCheck | None = None,
 ) -> BackupPolicyStatus:
     good = sorted((b for b in backups if b.succeeded), key=lambda b: b.status.started_at)
     newest = good[-1] if good else None
@@ -192,6 +194,7 @@ def policy_status(
         measured_rto=MeasuredRto(seconds=measured.seconds, at=iso(measured.at), backup=measured.backup_id,
                                  source=measured.source) if measured else None,
         last_drill=drill,
+        last_check=check,
         copies=list(copies) or None,
         last_verification=drill.legacy() if drill else None,
         last_backup=last_ref or (_ref(newest) if newest else None),

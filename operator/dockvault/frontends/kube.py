@@ -239,7 +239,8 @@ class Runtime:
             return policy_patch(body, [], None, now_utc())  # the errors as the Ready condition
         status = policy_patch(body, repository_for(policy).backups(policy.name), self.state.last_attempt(key),
                               now_utc(), measured=self.state.last_measurement(key),
-                              drill=self.state.last_drill(key), policy=policy, copies=self.state.copy_statuses(key))
+                              drill=self.state.last_drill(key), policy=policy, copies=self.state.copy_statuses(key),
+                              check=self.state.last_check(key))
         return {**status, **self.state.policy_extras(key)}
 
     def report(self, result: JobResult) -> None:

@@ -117,8 +117,6 @@ class KubeState:
             if memo.last_good_drill is not None:
                 extras["lastSuccessfulDrill"] = memo.last_good_drill.to_dict()
                 extras["lastSuccessfulVerification"] = memo.last_good_drill.legacy()  # deprecated
-            if memo.last_check is not None:
-                extras["lastCheck"] = memo.last_check.to_dict()
             return extras
 
     def _memo(self, key: str) -> _Policy:
