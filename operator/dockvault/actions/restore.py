@@ -3,7 +3,6 @@ its checksum (while it streams into a staging area, or whole before any write)."
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import threading
@@ -26,6 +25,7 @@ from ..engine.core import Engine, EngineError, new_job_id
 from ..sources import RestoreContext, SourceError, source_for, staged
 from ..sources.tarstream import UnsafeArchive
 from ..storage import repository_for
+from ..storage.ahead import read_ahead
 from ..storage.base import Repository, StorageError
 from ..storage.codec import ChecksumMismatch, decompressed, read_chunks
 from ..storage.crypt import NO_IDENTITY, DecryptionFailed, decrypted, parse_identities
@@ -78,15 +78,17 @@ class BackupReader:
     def verified(self, artifact: Artifact, backup_id: str | None = None) -> Iterator[bytes]:
         """The artifact's stored bytes, of this backup or of `backup_id` (a link of its chain)."""
         backup_id = backup_id or self.backup.id
-        return verified_chunks(self.repository.open_artifact(self.policy, backup_id, artifact.file), artifact,
-                               policy=self.policy, backup_id=backup_id)
+        return read_ahead(verified_chunks(self.repository.open_artifact(self.policy, backup_id, artifact.file),
+                                          artifact, policy=self.policy, backup_id=backup_id), name="artifact-read")
 
     def plain(self, artifact: Artifact, backup_id: str | None = None) -> Iterator[bytes]:
         chunks = self.verified(artifact, backup_id)
         return decrypted(chunks, self.identities) if artifact.encryption == "age" else chunks
 
     def opener(self, artifact: Artifact, backup_id: str | None = None):
-        return functools.partial(self._decompressed, artifact, backup_id)
+        """The artifact's plain stream, as three overlapping stages: reading and hashing, decompressing (each on a
+        thread of its own) and whatever the caller does with it."""
+        return lambda: read_ahead(self._decompressed(artifact, backup_id), name="decompress")
 
     def _decompressed(self, artifact: Artifact, backup_id: str | None) -> Iterator[bytes]:
         """The artifact's plain stream. Corrupt compressed data fails before the checksum at the end would: it is
