@@ -391,9 +391,15 @@ def _seconds(value: float | timedelta | None) -> str:
 
 def _status(policy: BackupPolicy, state: StateStore, now: datetime) -> BackupPolicyStatus:
     """The policy's status now; conditions are remembered so their lastTransitionTime holds still."""
-    from .controller.status import policy_status
+    from .controller.status import policy_status, unlisted_status
+    from .credentials import mask
     from .storage import repository_for
-    status = policy_status(policy, repository_for(policy).backups(policy.name), state.last_attempt(policy.name),
+    try:
+        backups = repository_for(policy).backups(policy.name)
+    except Exception as exc:  # noqa: BLE001 - one unreachable repository never hides the other policies
+        return unlisted_status(policy, mask(str(exc)) or type(exc).__name__, state.last_attempt(policy.name), now=now,
+                               previous=state.conditions(policy.name))
+    status = policy_status(policy, backups, state.last_attempt(policy.name),
                            now=now, measured=state.last_measurement(policy.name),
                            drill=state.last_drill(policy.name), previous=state.conditions(policy.name),
                            copies=state.copy_statuses(policy.name), check=state.last_check(policy.name))

@@ -260,3 +260,27 @@ def test_a_scheduled_check_finds_damage_in_both_front_ends(frontend, docker_clie
     check = eventually("the check", lambda: frontend.policy_status("checked").get("lastCheck"), timeout=90)
     assert check["phase"] == "Failed" and check["damagedArtifacts"] == 1 and check["backups"] == 1, check
     eventually("the damage metric", lambda: sample(frontend, "dockvault_check_damaged_artifacts", "checked") == 1)
+
+
+def test_a_repository_that_cannot_be_listed_stops_only_its_own_policy(frontend, docker_client, volumes, repo_dir,
+                                                                      s3_server, monkeypatch):
+    """S3 refuses one policy's keys: that policy's status says why (its backup fails, nothing hangs, no
+    traceback loop), and the other policy backs up as scheduled, in both front ends."""
+    source = volumes("core-unlisted")
+    populate_volume(docker_client, source, megabytes=1)
+    monkeypatch.setenv("DV_TEST_S3_KEY", s3_server.access_key)
+    monkeypatch.setenv("DV_TEST_S3_SECRET", "not-the-secret-key-" + "x" * 20)
+    frontend.apply(policy_doc("refused", [{"name": "media", "volume": {"name": source}}], repo_dir,
+                              storage=s3_server.storage(s3_server.bucket("refused"))))
+    frontend.apply(policy_doc("fine", [{"name": "media", "volume": {"name": source}}], repo_dir))
+    frontend.start()
+    fine = eventually("the other policy's backup", lambda: (
+        (s := frontend.policy_status("fine")) and condition(s, "Ready").get("status") == "True" and s), timeout=90)
+    assert fine["lastBackup"]["phase"] == "Succeeded"
+    refused = eventually("the refused policy's failure in its status", lambda: (
+        (s := frontend.policy_status("refused")) and (s.get("lastBackup") or {}).get("phase") == "Failed" and s),
+        timeout=90)
+    ready = condition(refused, "Ready")
+    assert ready["status"] == "False"
+    assert "secret key does not match" in ready["message"] + refused["lastBackup"]["message"]
+    assert "not-the-secret-key" not in json.dumps(refused)

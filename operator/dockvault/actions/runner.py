@@ -108,6 +108,7 @@ class JobRunner:
         self.cancel = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="job")
         self._guard = threading.Lock()
+        self._listing_errors: dict[str, str] = {}
         self._facts: dict[str, PolicyFacts] = {}
         self._listings: dict[str, tuple[datetime | None, bool]] = {}  # newest good backup's start, any good backup
         self._recovered: set[str] = set()
@@ -133,7 +134,9 @@ class JobRunner:
         with self._guard:
             listing = self._listings.get(key)
         if listing is None:
-            listing = self._remember_listing(key, repository_for(policy).backups(policy.name))
+            backups = self.list_backups(key, policy)
+            # Unlisted: planned as a policy without backups (its job then fails and says why); asked again next time.
+            listing = self._remember_listing(key, backups) if backups is not None else (None, False)
         drill = self.state.last_drill(key)
         check = self.state.last_check(key)
         return jobs.History(
@@ -148,7 +151,8 @@ class JobRunner:
         """Has this request not yet run for its current spec? A lost state learns the answer from the repository."""
         if self.state.restore_status(key, request.spec_hash) is not None:
             return False
-        done = repository_for(policy).restore_outcome(request.name, request.spec_hash)
+        with self.job_context(policy_key):
+            done = repository_for(policy).restore_outcome(request.name, request.spec_hash)
         if done is not None:
             self.state.record_restore(key, request.spec_hash, policy_key, done)
             return False
@@ -420,6 +424,10 @@ class JobRunner:
             log.warning("policy %s: removed leftovers of an interrupted job: %s", key, ", ".join(removed))
         if recovered:
             return
+        with self.job_context(key):
+            self._recover_repository(key, policy)
+
+    def _recover_repository(self, key: str, policy: BackupPolicy) -> None:
         for path in repository_for(policy).clean_temporaries(policy.name):
             log.warning("policy %s: removed incomplete backup data %s", key, path)
         last = self.state.last_attempt(key)
@@ -452,8 +460,32 @@ class JobRunner:
                          self.locks.holder(key) or "unknown")
                 continue
             with lease:
-                self.recover_policy(key, policy)
+                try:
+                    self.recover_policy(key, policy)
+                except Exception as exc:  # noqa: BLE001 - one policy's repository or engine never stops the others
+                    log.error("policy %s: start-up recovery failed, tried again before its next job: %s", key, exc)
         return busy
+
+    def list_backups(self, key: str, policy: BackupPolicy) -> list[Backup] | None:
+        """The policy's backups, read in its job context (its repository's keys may be in a Secret); None, logged,
+        when the repository cannot be listed (unreachable, credentials refused), so that it never stops the other
+        policies: the policy's own jobs fail and say why."""
+        try:
+            with self.job_context(key):
+                backups = repository_for(policy).backups(policy.name)
+        except Exception as exc:  # noqa: BLE001
+            log.error("policy %s: cannot list its repository: %s", key, exc)
+            with self._guard:
+                self._listing_errors[key] = mask(str(exc)) or type(exc).__name__
+            return None
+        with self._guard:
+            self._listing_errors.pop(key, None)
+        return backups
+
+    def listing_error(self, key: str) -> str | None:
+        """Why the policy's repository could not be listed the last time (None: it could)."""
+        with self._guard:
+            return self._listing_errors.get(key)
 
     # --- metrics facts ---------------------------------------------------------------------------------
     def refresh(self, key: str, policy: BackupPolicy | None) -> None:
@@ -467,7 +499,9 @@ class JobRunner:
             drill = self.state.last_successful_drill(key)
             started = parse_time(drill.started_at) if drill else None
             drilled_at = started.timestamp() + (drill.duration_seconds or 0) if drill and started else None
-            backups = repository_for(policy).backups(policy.name)
+            backups = self.list_backups(key, policy)
+            if backups is None:
+                return  # keep the last facts; the next refresh tries again
             self._remember_listing(key, backups)
             facts = facts_for(policy, backups, last=self.state.last_attempt(key),
                               measured=self.state.last_measurement(key), drilled_at=drilled_at,

@@ -164,6 +164,22 @@ def with_transitions(conditions: Sequence[Condition], previous: Sequence[Conditi
     return stamped
 
 
+def unlisted_status(policy: BackupPolicy, error: str, last: Attempt | None, *, now: datetime,
+                    previous: Sequence[Condition] = ()) -> BackupPolicyStatus:
+    """The status of a policy whose repository cannot be listed now (unreachable, credentials refused): Ready=False
+    with the cause, the other conditions as they were, and the last attempt. Never a stale status, never an error
+    that hides every other policy's."""
+    ready = Condition(type="Ready", status="False", reason="RepositoryUnavailable",
+                      message=f"cannot list the repository: {error}")
+    generation = policy.metadata.generation
+    return BackupPolicyStatus(
+        observed_generation=generation,
+        conditions=[*with_transitions([ready], previous, now=now, generation=generation),
+                    *(c for c in previous if c.type != "Ready")],
+        last_backup=last.ref() if last is not None else None,
+    )
+
+
 def policy_status(
     policy: BackupPolicy,
     backups: Sequence[Backup],

@@ -58,10 +58,10 @@ from ..controller.resources import (  # noqa: F401 - re-exported: the front end'
     restore_should_run,
     spec_hash,
 )
+from ..controller.status import unlisted_status
 from ..credentials import SecretError, SecretReader, secret_reader
 from ..engine.core import DEFAULT_HELPER_IMAGE, Engine
 from ..metrics import DockvaultMetrics
-from ..storage import repository_for
 from .kubestate import KubeState, key_of, split_key
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,13 @@ class Runtime:
         policy, _ = parse_policy(body)
         if policy is None:
             return policy_patch(body, [], None, now_utc())  # the errors as the Ready condition
-        status = policy_patch(body, repository_for(policy).backups(policy.name), self.state.last_attempt(key),
+        backups = self.runner.list_backups(key, policy)
+        if backups is None:  # the status says so, instead of going stale
+            return unlisted_status(policy, self.runner.listing_error(key) or "unknown error",
+                                   self.state.last_attempt(key), now=now_utc(),
+                                   previous=previous_status(body).conditions).model_copy(update={
+                "observed_generation": (body.get("metadata") or {}).get("generation")}).to_dict()
+        status = policy_patch(body, backups, self.state.last_attempt(key),
                               now_utc(), measured=self.state.last_measurement(key),
                               drill=self.state.last_drill(key), policy=policy, copies=self.state.copy_statuses(key),
                               check=self.state.last_check(key))
@@ -315,8 +321,10 @@ def sync_backup_resources(rt: Runtime, body: Mapping[str, Any]) -> None:
     if policy is None:
         return
     namespace = (body.get("metadata") or {}).get("namespace")
-    create, delete = backup_sync_plan(rt.api.list_backups(namespace, policy.name),
-                                      repository_for(policy).backups(policy.name), policy=policy.name)
+    backups = rt.runner.list_backups(key_of(namespace, policy.name), policy)
+    if backups is None:
+        return  # logged; the next sync repairs the resources
+    create, delete = backup_sync_plan(rt.api.list_backups(namespace, policy.name), backups, policy=policy.name)
     for backup in create:
         rt.api.create_backup(backup_resource(backup, body))
     for name in delete:
@@ -342,8 +350,7 @@ def reconcile_policy(rt: Runtime, body: Mapping[str, Any], restores: Mapping[Any
     rt.runner.refresh(key, policy)
     if run_jobs:  # job threads inherit this handler's kopf context, so they can post events
         resources = rt.resources(meta.get("namespace"), meta.get("name"), restores)
-        with secret_reader(rt.api.secret_reader(meta.get("namespace"))):
-            rt.runner.recover(Resources({key: policy}))
+        rt.runner.recover(Resources({key: policy}))  # in the policy's job context: its Secrets can be read
         rt.runner.dispatch(resources)
     return rt.policy_status(key, body)
 

@@ -19,7 +19,6 @@ from ..api import BackupPolicy, RestoreRequest
 from ..api.loader import Loaded, ResourceError, load_paths
 from ..engine.core import Engine
 from ..metrics import DockvaultMetrics, PolicyFacts
-from ..storage import repository_for
 from .state import StateStore
 
 log = logging.getLogger(__name__)
@@ -146,8 +145,8 @@ class Controller:
         if removed:
             log.warning("removed %d leftover helper(s) of unknown policies: %s", len(removed), ", ".join(removed))
         for name, policy in resources.policies.items():
-            if name not in busy:
-                self.state.sync_backups(name, repository_for(policy).backups(name))
+            if name not in busy and (backups := self.runner.list_backups(name, policy)) is not None:
+                self.state.sync_backups(name, backups)
         self.runner.refresh_all(resources)
         self.ready.set()
 

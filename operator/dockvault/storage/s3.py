@@ -444,6 +444,7 @@ class S3Repository:
         backup id -> {file: size} of every folder but those still being written. Backup ids known to be there
         (`around`) split a long walk into ranges listed in parallel: S3 serves a listing one page of 1,000 keys
         after another (60 ms each on SeaweedFS, 1.2 s of a 10,000-backup listing)."""
+        self.client  # noqa: B018 - made on this thread: the pool's threads lack its context (a job's Secret reader)
         ids = sorted(around)
         cuts = [n * len(ids) // WALKERS for n in range(1, WALKERS)] if len(ids) >= 2000 else []
         # A range starts after the backup before its first: SeaweedFS skips a "folder" named by StartAfter, AWS
