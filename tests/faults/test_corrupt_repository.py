@@ -91,6 +91,14 @@ def _swap(folder: Path) -> None:
     older.write_bytes(a)
 
 
+def _swap_manifests(folder: Path) -> None:
+    older = folder.parent / IDS[1] / "manifest.json"
+    mine = folder / "manifest.json"
+    a, b = mine.read_bytes(), older.read_bytes()
+    mine.write_bytes(b)
+    older.write_bytes(a)
+
+
 DAMAGES: dict[str, tuple[Callable[[Path], None], bool, str]] = {
     "artifact with a flipped byte": (lambda f: _flip(f / ARTIFACT), False, "sha256 does not match"),
     "artifact truncated": (lambda f: (f / ARTIFACT).write_bytes((f / ARTIFACT).read_bytes()[:100]), True,
@@ -102,6 +110,10 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], bool, str]] = {
     "manifest truncated": (lambda f: (f / "manifest.json").write_bytes((f / "manifest.json").read_bytes()[:77]), True,
                            "unreadable manifest"),
     "manifest deleted": (lambda f: (f / "manifest.json").unlink(), True, "no manifest"),
+    "manifests swapped between backups": (_swap_manifests, True, "the manifest is that of backup"),
+    "manifest copied from another backup": (
+        lambda f: (f / "manifest.json").write_bytes((f.parent / IDS[1] / "manifest.json").read_bytes()), True,
+        f"the manifest is that of backup {IDS[1]}"),
 }
 
 
@@ -225,6 +237,24 @@ def test_restore_refuses_before_touching_the_target(damaged, docker_client, engi
             assert f"backup {IDS[-1]} of policy 'vault' is damaged: " in result.status.message
     assert snapshot_volume(docker_client, existing) == before
     assert fresh not in [v.name for v in docker_client.volumes.list()]
+
+
+@pytest.mark.docker
+def test_restoring_latest_passes_over_a_damaged_newest_backup_and_says_so(tmp_path, docker_client, engine, volumes):
+    from dockvault.actions.restore import run_restore
+
+    repo = tmp_path / "repo"
+    fill(LocalRepository(repo))
+    (repo / POLICY / IDS[-1] / "manifest.json").unlink()
+    fresh = volumes("corrupt-latest")
+    request = RestoreRequest.model_validate({
+        "apiVersion": "dockvault.io/v1alpha1", "kind": "RestoreRequest", "metadata": {"name": "r"},
+        "spec": {"policy": POLICY, "backup": "latest", "targets": [{"from": "data", "volume": {"name": fresh}}]}})
+    result = run_restore(request, policy_doc({"local": {"path": str(repo)}}), engine=engine,
+                         repository=LocalRepository(repo))
+    assert result.status.phase == "Succeeded", result.status.message
+    assert result.status.backup == IDS[1]
+    assert f"newer backup folder(s) {IDS[-1]} have no valid manifest and were passed over" in result.status.message
 
 
 def test_s3_repository_damage_is_found_and_listed(s3_server, s3_env):

@@ -180,7 +180,7 @@ def run_restore(
         for number, (name, repo) in enumerate(candidates, 1):
             last = number == len(candidates)
             try:
-                backup, plan, reader = _open_source(request, policy, repo, backup_id)
+                backup, plan, reader = _open_source(request, policy, repo, backup_id, ctx.notes)
             except (NoSuchBackup, BrokenChain, ChecksumMismatch, StorageError, OSError, EOFError) as exc:
                 if last and not problems:
                     raise
@@ -255,10 +255,10 @@ def sources_of(policy: BackupPolicy, repository: Repository, wanted: str | None)
 
 
 def _open_source(request: RestoreRequest, policy: BackupPolicy, repository: Repository,
-                 backup_id: str | None) -> tuple[Backup, Plan, BackupReader]:
+                 backup_id: str | None, notes: list[str]) -> tuple[Backup, Plan, BackupReader]:
     """The backup (`backup_id` once an earlier source chose it) and its plan in one source. Artifacts of targets
     restored without a staging area are checksummed whole here, before any write; the others as they stream."""
-    backups = repository.backups(policy.name)
+    backups, stored = repository.listing(policy.name)
     wanted = backup_id or request.spec.backup
     try:
         backup = select_backup(backups, wanted, policy=policy.name)
@@ -268,6 +268,13 @@ def _open_source(request: RestoreRequest, policy: BackupPolicy, repository: Repo
             if problem:
                 raise NoSuchBackup(f"backup {wanted} of policy {policy.name!r} is damaged: {problem}") from None
         raise
+    if wanted == "latest":  # a newer backup whose manifest is damaged is passed over, and the status says so
+        listed = {b.id for b in backups}
+        newer = sorted(i for i in stored if i not in listed and i > backup.id)
+        if newer:
+            notes.append(f"newer backup folder(s) {', '.join(newer)} have no valid manifest and were passed over "
+                         f"(dockvault check {policy.name} says why)")
+            log.warning("restore %s: %s", request.name, notes[-1])
     plan = _plan(request, backup, backups)
     links = [link for _, ll in plan for link in ll]
     reader = BackupReader(repository, policy.name, backup, identities_for(policy, [a for a, _ in links]))

@@ -82,5 +82,13 @@ class Repository(Protocol):
     def restore_outcome(self, name: str, spec_hash: str) -> RestoreRequestStatus | None: ...
 
 
+def misplaced(record: Backup, backup_id: str) -> str | None:
+    """Why a valid manifest read from backup folder `backup_id` is not that folder's record (copied or swapped by
+    hand: its checksums would be checked against another backup's artifacts), or None."""
+    if record.id != backup_id:
+        return f"the manifest is that of backup {record.id} (copied or swapped from another folder)"
+    return None
+
+
 def manifest_chunks(record: Backup) -> Iterator[bytes]:
     yield record.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode() + b"\n"

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from ..api.backup import Backup
 from ..api.policy import LocalStorage
 from ..api.restore import RestoreRequestStatus
-from .base import INCOMPLETE, MANIFEST, TEMP_SUFFIX, BackupIdTaken, StorageError, manifest_chunks
+from .base import INCOMPLETE, MANIFEST, TEMP_SUFFIX, BackupIdTaken, StorageError, manifest_chunks, misplaced
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,14 @@ class LocalRepository:
             if not manifest.is_file():
                 continue  # in progress, failed or half-deleted: not a backup
             try:
-                found.append(Backup.model_validate(json.loads(manifest.read_text(encoding="utf-8"))))
+                record = Backup.model_validate(json.loads(manifest.read_text(encoding="utf-8")))
             except (OSError, ValueError, ValidationError) as exc:
                 log.error("%s: unreadable manifest, ignored: %s", manifest, exc)
+                continue
+            if problem := misplaced(record, entry.name):
+                log.error("%s: %s; ignored", manifest, problem)
+                continue
+            found.append(record)
         return found
 
     def listing(self, policy: str) -> tuple[list[Backup], dict[str, dict[str, int]]]:
@@ -138,10 +143,10 @@ class LocalRepository:
         if not manifest.is_file():
             return "no manifest (an interrupted backup, or its manifest was lost)"
         try:
-            Backup.model_validate(json.loads(manifest.read_text(encoding="utf-8")))
+            record = Backup.model_validate(json.loads(manifest.read_text(encoding="utf-8")))
         except (OSError, ValueError, ValidationError) as exc:
             return f"unreadable manifest: {' '.join(str(exc).split())[:300]}"
-        return None
+        return misplaced(record, backup_id)
 
     def delete(self, policy: str, backup_id: str) -> None:
         """Mark the folder unfinished and remove the manifest first, so a deletion cut short never leaves a backup

@@ -36,7 +36,7 @@ from ..api.backup import Backup
 from ..api.policy import S3Storage
 from ..api.restore import RestoreRequestStatus
 from ..credentials import mask, read_secret
-from .base import INCOMPLETE, MANIFEST, BackupIdTaken, DeleteRefused, StorageError, manifest_chunks
+from .base import INCOMPLETE, MANIFEST, BackupIdTaken, DeleteRefused, StorageError, manifest_chunks, misplaced
 
 log = logging.getLogger(__name__)
 
@@ -378,14 +378,20 @@ def _md5_of(text: str) -> str:
     return '"' + hashlib.md5(text.encode("utf-8", "surrogateescape"), usedforsecurity=False).hexdigest() + '"'
 
 
-def _parse_manifest(text: str, where: str | None = None) -> Backup | None:
-    """The record in a manifest's text; None when it is not one (logged when `where` names the manifest)."""
+def _parse_manifest(text: str, where: str | None = None, backup_id: str | None = None) -> Backup | None:
+    """The record in a manifest's text; None when it is not one, or not that of `backup_id` (logged when `where`
+    names the manifest)."""
     try:
-        return Backup.model_validate_json(text)
+        record = Backup.model_validate_json(text)
     except ValueError as exc:  # pydantic's ValidationError too
         if where is not None:
             log.error("%s: unreadable manifest, ignored: %s", where, " ".join(str(exc).split())[:300])
         return None
+    if backup_id is not None and (problem := misplaced(record, backup_id)):
+        if where is not None:
+            log.error("%s: %s; ignored", where, problem)
+        return None
+    return record
 
 
 class S3Repository:
@@ -522,7 +528,7 @@ class S3Repository:
                     stale = stale or texts.get(i) != text
                     texts[i] = text
                     if i not in known or i in doubtful:
-                        known[i] = (listed[i], _parse_manifest(text, f"s3://{self.bucket}/{folder}{i}/{MANIFEST}"))
+                        known[i] = (listed[i], _parse_manifest(text, f"s3://{self.bucket}/{folder}{i}/{MANIFEST}", i))
         if stale:
             index_etag = self._write_index(folder, {i: (listed[i], texts[i]) for i in listed}, index_etag)
         return {i: known[i] for i in listed}, index_etag
@@ -593,10 +599,10 @@ class S3Repository:
                     return "no manifest (an interrupted backup, or its manifest was lost)"
                 raise
         try:
-            Backup.model_validate_json(body)
+            record = Backup.model_validate_json(body)
         except (ValueError, ValidationError) as exc:
             return f"unreadable manifest: {' '.join(str(exc).split())[:300]}"
-        return None
+        return misplaced(record, backup_id)
 
     def open_artifact(self, policy: str, backup_id: str, name: str) -> BinaryIO:
         key = self.key(policy, backup_id, name)
