@@ -88,13 +88,15 @@ class BackupReader:
     def opener(self, artifact: Artifact, backup_id: str | None = None):
         """The artifact's plain stream, as three overlapping stages: reading and hashing, decompressing (each on a
         thread of its own) and whatever the caller does with it."""
-        return lambda: read_ahead(self._decompressed(artifact, backup_id), name="decompress")
+        # The artifact is opened here, on the caller's thread (which holds the job's context: a Secret reader).
+        return lambda: read_ahead(self._decompressed(self.plain(artifact, backup_id), artifact, backup_id),
+                                  name="decompress")
 
-    def _decompressed(self, artifact: Artifact, backup_id: str | None) -> Iterator[bytes]:
+    def _decompressed(self, chunks: Iterator[bytes], artifact: Artifact, backup_id: str | None) -> Iterator[bytes]:
         """The artifact's plain stream. Corrupt compressed data fails before the checksum at the end would: it is
         reported as the corruption it is."""
         try:
-            yield from decompressed(self.plain(artifact, backup_id), artifact.compression)
+            yield from decompressed(chunks, artifact.compression)
         except (zstandard.ZstdError, zlib.error, EOFError) as exc:
             raise ChecksumMismatch(f"artifact {self.policy}/{backup_id or self.backup.id}/{artifact.file} is corrupt: "
                                    f"{exc}") from None

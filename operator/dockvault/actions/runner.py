@@ -135,8 +135,12 @@ class JobRunner:
             listing = self._listings.get(key)
         if listing is None:
             backups = self.list_backups(key, policy)
-            # Unlisted: planned as a policy without backups (its job then fails and says why); asked again next time.
-            listing = self._remember_listing(key, backups) if backups is not None else (None, False)
+            if backups is not None:
+                listing = self._remember_listing(key, backups)
+            else:  # planned as a policy without backups: its job fails and says why; the next refresh lists again
+                listing = (None, False)
+                with self._guard:
+                    self._listings[key] = listing
         drill = self.state.last_drill(key)
         check = self.state.last_check(key)
         return jobs.History(
@@ -474,9 +478,11 @@ class JobRunner:
             with self.job_context(key):
                 backups = repository_for(policy).backups(policy.name)
         except Exception as exc:  # noqa: BLE001
-            log.error("policy %s: cannot list its repository: %s", key, exc)
+            error = mask(str(exc)) or type(exc).__name__
             with self._guard:
-                self._listing_errors[key] = mask(str(exc)) or type(exc).__name__
+                again = self._listing_errors.get(key) == error
+                self._listing_errors[key] = error
+            log.log(logging.DEBUG if again else logging.ERROR, "policy %s: cannot list its repository: %s", key, error)
             return None
         with self._guard:
             self._listing_errors.pop(key, None)
