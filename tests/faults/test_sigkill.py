@@ -83,3 +83,30 @@ def test_start_up_aborts_a_killed_restore_helper_so_its_staging_folder_goes(dock
         assert helper.container.name in removed
     assert not os.path.exists(stage) and not os.path.exists(stage + ".before")
     assert snapshot_volume(docker_client, volume) == before
+
+
+def test_start_up_aborts_a_restore_helper_whose_dockvault_died_before_opening_the_stream(docker_client, test_image,
+                                                                                       volumes):
+    """Killed between the helper's start and opening the stream FIFO: the helper's tar is blocked opening it, so it
+    never reads the abort; the next start unblocks it (found by benchmarks/faults.py at full scale: the recovery
+    waited its 2 minutes and left the staging folder)."""
+    import socket
+
+    from dockvault.engine.core import CONTROL, LABEL_OWNER, STREAM, Engine, job_labels
+    from dockvault.sources.volume import RESTORE_SCRIPT, TARGET_MOUNT
+    from tests.treecheck import populate_volume, snapshot_volume
+
+    volume = volumes("settle-unopened")
+    populate_volume(docker_client, volume, megabytes=1)
+    before = snapshot_volume(docker_client, volume)
+    engine = Engine(docker_client, helper_image=test_image, transport="fifo")
+    labels = {**job_labels(policy="settle", target="data", job="deadjob2"),
+              LABEL_OWNER: f"{socket.gethostname()}:999999999"}  # this host, a pid that does not run
+    stage = docker_client.volumes.get(volume).attrs["Mountpoint"] + "/.dockvault-restore-deadjob2"
+    with engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", ".dockvault-restore-deadjob2", STREAM, CONTROL, "only"],
+                       volume=volume, mount=TARGET_MOUNT, read_only=False, labels=labels, stdin=True) as helper:
+        eventually("the staging folder", lambda: os.path.isdir(stage))
+        removed = engine.remove_leftovers(policy="settle")  # dockvault "died" before helper.writer()
+        assert helper.container.name in removed
+    assert not os.path.exists(stage) and not os.path.exists(stage + ".before")
+    assert snapshot_volume(docker_client, volume) == before

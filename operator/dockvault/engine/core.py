@@ -241,11 +241,14 @@ class _ChunkReader(io.RawIOBase):
 
 # Run in a killed dockvault's restore helper before it is removed: the helper waits for a verdict that will not
 # come, its staging folder in the volume. "abort" makes its own trap drop the folder; a helper already swapping it
-# in finishes. Then wait (at most 2 minutes) until the folder is gone. Backup helpers have neither: a no-op.
+# in finishes. A dockvault killed before it opened the stream FIFO left tar blocked in opening it: opening and
+# closing it read-write (which never blocks) gives tar its end of file, so it fails and the trap runs. Then wait
+# (at most 2 minutes) until the folder is gone. Backup helpers have neither: a no-op.
 _SETTLE = r"""
 for control in PIPE/control API; do
   if [ -p "$control" ]; then exec 3<>"$control"; printf 'abort\n' >&3; fi
 done
+if [ -p PIPE/stream ]; then exec 4<>PIPE/stream; exec 4>&-; fi
 i=0
 while [ -e "/target/.dockvault-restore-$1" ] && [ "$i" -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
 """
