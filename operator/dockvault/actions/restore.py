@@ -260,8 +260,9 @@ def _open_source(request: RestoreRequest, policy: BackupPolicy, repository: Repo
                  backup_id: str | None, notes: list[str]) -> tuple[Backup, Plan, BackupReader]:
     """The backup (`backup_id` once an earlier source chose it) and its plan in one source. Artifacts of targets
     restored without a staging area are checksummed whole here, before any write; the others as they stream."""
-    backups, stored = repository.listing(policy.name)
     wanted = backup_id or request.spec.backup
+    # The folders' file lists only for `latest` (to name a newer damaged folder): locally they cost a scan of all.
+    backups, stored = repository.listing(policy.name) if wanted == "latest" else (repository.backups(policy.name), {})
     try:
         backup = select_backup(backups, wanted, policy=policy.name)
     except NoSuchBackup:  # say so when the backup is there but its manifest is damaged, not that it is missing

@@ -239,14 +239,14 @@ class Runtime:
             return policy_patch(body, [], None, now_utc())  # the errors as the Ready condition
         backups = self.runner.list_backups(key, policy)
         if backups is None:  # the status says so, instead of going stale
-            return unlisted_status(policy, self.runner.listing_error(key) or "unknown error",
-                                   self.state.last_attempt(key), now=now_utc(),
-                                   previous=previous_status(body).conditions).model_copy(update={
-                "observed_generation": (body.get("metadata") or {}).get("generation")}).to_dict()
-        status = policy_patch(body, backups, self.state.last_attempt(key),
-                              now_utc(), measured=self.state.last_measurement(key),
-                              drill=self.state.last_drill(key), policy=policy, copies=self.state.copy_statuses(key),
-                              check=self.state.last_check(key))
+            status = unlisted_status(policy, self.runner.listing_error(key) or "unknown error",
+                                     self.state.last_attempt(key), now=now_utc(),
+                                     previous=previous_status(body).conditions).to_dict()
+        else:
+            status = policy_patch(body, backups, self.state.last_attempt(key),
+                                  now_utc(), measured=self.state.last_measurement(key),
+                                  drill=self.state.last_drill(key), policy=policy,
+                                  copies=self.state.copy_statuses(key), check=self.state.last_check(key))
         return {**status, **self.state.policy_extras(key)}
 
     def report(self, result: JobResult) -> None:
