@@ -676,3 +676,20 @@ def test_dockvault_verify_is_the_deprecated_name_of_dockvault_drill(tmp_path):
     assert "`dockvault verify` is deprecated; use `dockvault drill`" in result.stderr
     assert "no valid BackupPolicy 'nope'" in result.stderr  # then it runs as `dockvault drill`
     assert "verify" not in CliRunner().invoke(app, ["--help"]).stdout
+
+
+def test_the_console_script_freezes_the_heap_so_python_shutdown_skips_collecting_it(monkeypatch, capsys):
+    import gc
+    import sys
+
+    from dockvault import cli
+
+    monkeypatch.setattr(sys, "argv", ["dockvault", "--version"])
+    gc.unfreeze()
+    try:
+        with pytest.raises(SystemExit) as leaving:
+            cli.main()
+        assert leaving.value.code == 0 and capsys.readouterr().out.startswith("dockvault ")
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
