@@ -109,6 +109,7 @@ def test_one_pass_runs_every_due_job_of_a_policy_one_after_another(docker_client
     assert snapshot_volume(docker_client, volume) == before
     (row,) = json.loads(dockvault("get", "policies", "-o", "json", env=cli_env).stdout)
     assert row["status"]["lastDrill"]["phase"] == "Succeeded"
+    assert row["status"]["lastSuccessfulDrill"] == row["status"]["lastDrill"]  # standalone writes it as Kubernetes does
     assert row["status"]["lastVerification"]["result"] == "Succeeded"  # the deprecated copy is still written
     assert row["status"]["measuredRto"]["source"] in ("drill", "restore")
     assert {c["type"]: c["status"] for c in row["status"]["conditions"]}["RTOMet"] == "True"

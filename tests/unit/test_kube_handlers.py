@@ -111,10 +111,11 @@ def test_a_status_an_older_version_wrote_seeds_the_last_drill_and_both_names_are
     state.observe_policy("ns/p", body)
     drill = state.last_drill("ns/p")
     assert (drill.phase, drill.backup) == ("Succeeded", "20261121T030000Z") and state.last_successful_drill("ns/p")
-    status = kube.policy_patch(body, [], None, NOW, drill=drill)
+    status = kube.policy_patch(body, [], None, NOW, drill=drill, good_drill=state.last_successful_drill("ns/p"))
     assert status["lastDrill"]["phase"] == "Succeeded"
     assert status["lastVerification"] == {"backup": "20261121T030000Z", "result": "Succeeded", "durationSeconds": 3.0}
-    assert state.policy_extras("ns/p")["lastSuccessfulDrill"]["phase"] == "Succeeded"
+    assert status["lastSuccessfulDrill"]["phase"] == "Succeeded"
+    assert status["lastSuccessfulVerification"]["result"] == "Succeeded"
 
 
 def test_invalid_spec_is_ready_false_invalid_spec_with_the_field_path():

@@ -138,6 +138,7 @@ def policy_patch(
     *,
     measured: Measurement | None = None,
     drill: Drill | None = None,
+    good_drill: Drill | None = None,
     policy: BackupPolicy | None = None,
     copies: Sequence[CopyStatus] = (),
     check: RepositoryCheck | None = None,
@@ -152,7 +153,7 @@ def policy_patch(
     if policy is None:
         return invalid_policy_patch(errors, previous=previous.conditions, generation=generation, now=now)
     status = policy_status(policy, backups, last_attempt, now=now, measured=measured, drill=drill,
-                           previous=previous.conditions, copies=copies, check=check)
+                           good_drill=good_drill, previous=previous.conditions, copies=copies, check=check)
     return status.model_copy(update={"observed_generation": generation}).to_dict()
 
 

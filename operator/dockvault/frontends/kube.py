@@ -245,9 +245,10 @@ class Runtime:
         else:
             status = policy_patch(body, backups, self.state.last_attempt(key),
                                   now_utc(), measured=self.state.last_measurement(key),
-                                  drill=self.state.last_drill(key), policy=policy,
+                                  drill=self.state.last_drill(key), good_drill=self.state.last_successful_drill(key),
+                                  policy=policy,
                                   copies=self.state.copy_statuses(key), check=self.state.last_check(key))
-        return {**status, **self.state.policy_extras(key)}
+        return status
 
     def report(self, result: JobResult) -> None:
         """The runner's callback after every job: policy status, Backup resources and an event."""

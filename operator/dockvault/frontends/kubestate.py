@@ -105,20 +105,6 @@ class KubeState:
             else:
                 self._restores.pop(key, None)
 
-    def policy_extras(self, key: str) -> dict[str, Any]:
-        """The status fields Kubernetes mode adds to controller.status.policy_status (camelCase).
-
-        Never `quiesced`: only the journal writer (halted/resumed) patches it. A status computed by a handler
-        just before a job halts a container would otherwise be patched after the journal entry and erase it,
-        and a dockvault killed then would leave that container stopped for good."""
-        with self._guard:
-            memo = self._policies.get(key) or _Policy()
-            extras: dict[str, Any] = {}
-            if memo.last_good_drill is not None:
-                extras["lastSuccessfulDrill"] = memo.last_good_drill.to_dict()
-                extras["lastSuccessfulVerification"] = memo.last_good_drill.legacy()  # deprecated
-            return extras
-
     def _memo(self, key: str) -> _Policy:
         return self._policies.setdefault(key, _Policy())
 
