@@ -58,6 +58,22 @@ def test_artifact_is_written_under_a_temporary_name_then_renamed(tmp_path):
     assert (folder / "media.tar.zst").read_bytes() == b"part one part two"
 
 
+def test_an_artifact_goes_to_disk_behind_its_stream_and_leaves_the_page_cache(tmp_path, monkeypatch):
+    """Every WRITE_BEHIND bytes: writeback starts for what was written since, and the step before is dropped."""
+    step = local.WRITE_BEHIND
+    advice = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, how: (
+        advice.append((offset, length, how)), real(fd, offset, length, how))[1])
+    data = os.urandom(1 << 20) * (3 * step // (1 << 20)) + b"tail"
+    with LocalRepository(tmp_path).begin("myapp", ID1).artifact("v.tar") as out:
+        for start in range(0, len(data), 1 << 20):
+            out.write(data[start:start + (1 << 20)])
+    assert advice == [(0, step, os.POSIX_FADV_DONTNEED), (0, 2 * step, os.POSIX_FADV_DONTNEED),
+                      (step, 2 * step, os.POSIX_FADV_DONTNEED)]
+    assert (tmp_path / "myapp" / ID1 / "v.tar").read_bytes() == data
+
+
 def test_artifact_block_that_raises_leaves_nothing(tmp_path):
     repo = LocalRepository(tmp_path)
     writer = repo.begin("myapp", ID1)

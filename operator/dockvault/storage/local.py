@@ -32,12 +32,51 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+WRITE_BEHIND = 8 << 20  # bytes of an artifact between two starts of its writeback
+
+
+class _WriteBehind:
+    """An artifact's file whose pages go to disk while the stream is still being written.
+
+    Left alone, the page cache holds the whole artifact dirty until the fsync before its rename, or until the sync
+    that the helper container's exit makes Docker do (it unmounts an overlayfs): at the end of a 1 GiB backup, half
+    a gigabyte written in one go, 0.25 s. Every WRITE_BEHIND bytes this starts the writeback of what was written
+    since, so the disk works while zstd does; and it drops the pages of the step before, written by then, so a
+    backup does not push the host's working set out of memory. POSIX_FADV_DONTNEED does both on Linux: it starts
+    writing the range's dirty pages and drops its clean ones."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._written = 0
+        self._started = 0  # writeback was started up to here
+        self._dropped = 0  # and the pages before here were dropped, once written
+
+    def write(self, data: bytes) -> int:
+        written = self._out.write(data)
+        self._written += len(data)
+        if self._written - self._started >= WRITE_BEHIND:
+            self._out.flush()
+            with contextlib.suppress(OSError, AttributeError):  # no fadvise here (not Linux): the fsync does it all
+                os.posix_fadvise(self._out.fileno(), self._dropped, self._written - self._dropped,
+                                 os.POSIX_FADV_DONTNEED)
+            self._dropped, self._started = self._started, self._written
+        return written
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def fileno(self) -> int:
+        return self._out.fileno()
+
+
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Write to a temporary name, fsync, then rename into place; on error the temporary is removed."""
+def atomic_file(path: Path, *, write_behind: bool = False) -> Iterator[BinaryIO]:
+    """Write to a temporary name, fsync, then rename into place; on error the temporary is removed.
+    `write_behind`: for artifacts, large and written once (see _WriteBehind)."""
     tmp = path.with_name(path.name + TEMP_SUFFIX)
     try:
-        with open(tmp, "wb") as out:
+        with open(tmp, "wb") as file:
+            out: BinaryIO = _WriteBehind(file) if write_behind else file  # type: ignore[assignment]
             yield out
             out.flush()
             os.fsync(out.fileno())
@@ -58,7 +97,7 @@ class LocalBackupWriter:
     def artifact(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
         if "/" in name or name in (MANIFEST, "", ".", ".."):
             raise ValueError(f"invalid artifact name {name!r}")
-        return atomic_file(self.folder / name)
+        return atomic_file(self.folder / name, write_behind=True)
 
     def commit(self, record: Backup) -> None:
         with atomic_file(self.folder / MANIFEST) as out:
