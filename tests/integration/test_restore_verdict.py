@@ -6,6 +6,7 @@ was still extracting used to vanish, and the helper then waited for it forever (
 from __future__ import annotations
 
 import io
+import time
 import tarfile
 
 import pytest
@@ -43,3 +44,38 @@ def test_a_verdict_sent_before_tar_finished_is_not_lost(docker_client, test_imag
     check = engine.client.containers.run(test_image, ["cat", "/target/note.txt"], entrypoint=[], remove=True,
                                          network_mode="none", volumes={volume: {"bind": "/target", "mode": "ro"}})
     assert check == b"restored\n"
+
+
+def _processes(container) -> str:
+    """The command lines of every process in the helper (minbase has no ps)."""
+    result = container.exec_run(["sh", "-c", "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"])
+    return result.output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("transport", ["api", "fifo"])
+def test_the_restore_helper_writes_the_volume_out_while_tar_extracts_and_stops_with_it(
+        docker_client, test_image, volumes, transport):
+    """The helper's exit syncs the volume's filesystem (Docker unmounts its overlayfs): a loop beside tar writes the
+    files out as they come, so that exit does not write the whole restore in one go."""
+    engine = Engine(docker_client, helper_image=test_image, transport=transport)
+    volume = volumes("writer")
+    docker_client.volumes.create(volume)
+    archive = small_tar()
+    with engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", ".dockvault-restore-w", STREAM, CONTROL, "only"],
+                       volume=volume, mount=TARGET_MOUNT, read_only=False, labels={}, stdin=True) as helper:
+        with helper.writer() as out:
+            out.write(archive[:512])  # tar is running and waits for the rest
+            seen = ""
+            for _ in range(50):
+                seen = _processes(helper.container)
+                if "sleep 0.5" in seen or "sync -f /target" in seen:
+                    break
+                time.sleep(0.1)
+            assert "sleep 0.5" in seen or "sync -f /target" in seen, seen
+            out.write(archive[512:])
+        helper.decide("commit")
+        result = helper.wait(timeout=60)
+        assert result.exit_code == 0, result.stderr
+        if transport == "api":  # the container outlives the script there: the loop went with tar
+            time.sleep(0.6)
+            assert "sleep 0.5" not in _processes(helper.container)

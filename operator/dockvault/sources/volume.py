@@ -46,6 +46,9 @@ SNAPSHOT_SPOOL = 8 << 20  # bytes of a snapshot file held in memory; the rest sp
 # --listed-incremental=/dev/null, which deletes what a later backup no longer had). The script holds the control
 # FIFO open (fd 3) from its start: a verdict written before it reaches `read` (the api transport's decide
 # opens the FIFO, writes and closes at once) stays in the pipe instead of vanishing with the last opener.
+# While tar extracts, a loop writes the volume's filesystem out every half second (`sync -f`, syncfs): the
+# helper's exit syncs that filesystem anyway (Docker unmounts the container's overlayfs), and would otherwise
+# write the whole restore in one go after it, 0.6-0.9 s for 1 GiB here; now the disk works while tar does.
 RESTORE_SCRIPT = r"""
 set -eu
 stage="/target/$1" before="/target/$1.before" stream="$2" control="$3" step="$4"
@@ -53,9 +56,11 @@ shift 4
 [ -p "$control" ] || mkfifo "$control"
 exec 3<>"$control"
 case "$step" in first|only) touch -r /target /tmp/.dockvault-before ;; *) touch -r "$before" /tmp/.dockvault-before ;; esac
-trap 'rm -rf -- "$stage" "$before"; touch -r /tmp/.dockvault-before /target' EXIT
+(while sleep 0.5; do sync -f /target || exit 0; done) 2>/dev/null & writer=$!
+trap 'kill "$writer" 2>/dev/null || :; rm -rf -- "$stage" "$before"; touch -r /tmp/.dockvault-before /target' EXIT
 case "$step" in first|only) mkdir -- "$stage"; touch -r /tmp/.dockvault-before "$before" ;; esac
 tar --extract --read-full-records --file "$stream" --directory "$stage" --numeric-owner --same-owner --same-permissions "$@"
+kill "$writer" 2>/dev/null || :
 read -r decision <&3
 case "$step" in first|next) [ "$decision" = next ] || exit 3; trap - EXIT; exit 0 ;; esac
 [ "$decision" = commit ] || exit 3
