@@ -54,8 +54,8 @@ from pathlib import Path
 
 from common import (DOCKVAULT, GiB, MiB, QUIET, BenchError, Method, Run, add_run_options, check_args, cli_startup,
                     docker, dockvault_env, human, log, machine, machine_line, mark, mountpoint, parse_size,
-                    print_methods, print_rows, remove_volume, remove_work_and_source, rss_floor, run_bench, run_timed,
-                    size_label, sync, tool_version, volume_exists)
+                    print_methods, print_rows, read_into_cache, remove_volume, remove_work_and_source, rss_floor,
+                    run_bench, run_timed, size_label, sync, tool_version, volume_exists)
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests/second_engine.py
 from tests.second_engine import tls_engine  # noqa: E402
@@ -363,7 +363,8 @@ class Bench:
         log(f"TLS engine at {tls.host}: ready in {tls.started_in:.1f}s, image loaded in {tls.loaded_in:.1f}s")
         t = time.perf_counter()
         docker_at(tls.setup_host, "volume", "create", "--label", "dockvault.bench=1", self.volume)
-        subprocess.run(["cp", "-a", f"{self.source_root}/.", str(volume_path(tls.setup_host, self.volume))], check=True)
+        self.tls_source_root = volume_path(tls.setup_host, self.volume)
+        subprocess.run(["cp", "-a", f"{self.source_root}/.", str(self.tls_source_root)], check=True)
         sync()
         log(f"copied the source volume into the TLS engine in {time.perf_counter() - t:.1f}s")
         # The docker CLI's variables, as a user sets them; REQUESTS_CA_BUNDLE stays set (docker-py #2433:
@@ -391,7 +392,18 @@ class Bench:
             """))
         return {"config": config, "repo": repo, "env": env, "host": host}
 
+    def reads(self, key: str) -> Path:
+        """What method `key` reads: the source volume for a backup, its own archive or repository for a restore."""
+        return {"a": self.source_root, "b": self.source_root, "c": self.source_root, "d": self.source_root,
+                "e": self.source_root, "f": self.tls_source_root, "a'": self.seed_dir, "b'": self.raw_dir,
+                "c'": self.restic_repo, "d'": self.borg_repo, "e'": self.dockvault["e"]["repo"],
+                "f'": self.dockvault["f"]["repo"]}[key]
+
     def timed(self, key: str, cmd: list[str], **kwargs) -> Run:
+        # Every method reads its input from the page cache: borg drops the pages of the files it reads and writes
+        # (posix_fadvise DONTNEED), and so does dockvault for its artifacts, which left the method after them
+        # reading from disk. Read it once, untimed, then sync.
+        kwargs.setdefault("prepare", lambda: (read_into_cache(self.reads(key)), sync()))
         return run_timed(cmd, label=self.methods[key].title, scratch=self.scratch, **kwargs)
 
     # ---- backups
