@@ -27,14 +27,20 @@ def small_tar() -> bytes:
     return buffer.getvalue()
 
 
+def restore_helper(docker_client, image: str, volume: str, transport: str):
+    """A restore helper (step "only") into a new volume, on `transport`."""
+    engine = Engine(docker_client, helper_image=image, transport=transport)
+    docker_client.volumes.create(volume)
+    return engine, engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", ".dockvault-restore-t", STREAM, CONTROL, "only"],
+                                 volume=volume, mount=TARGET_MOUNT, read_only=False, labels={}, stdin=True)
+
+
 @pytest.mark.parametrize("transport", ["api", "fifo"])
 def test_a_verdict_sent_before_tar_finished_is_not_lost(docker_client, test_image, volumes, transport):
-    engine = Engine(docker_client, helper_image=test_image, transport=transport)
     volume = volumes("verdict")
-    docker_client.volumes.create(volume)
     archive = small_tar()
-    with engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", ".dockvault-restore-t", STREAM, CONTROL, "only"],
-                       volume=volume, mount=TARGET_MOUNT, read_only=False, labels={}, stdin=True) as helper:
+    engine, running = restore_helper(docker_client, test_image, volume, transport)
+    with running as helper:
         with helper.writer() as out:
             out.write(archive[:512])  # tar is running and waits for the rest
             helper.decide("commit")
@@ -57,12 +63,9 @@ def test_the_restore_helper_writes_the_volume_out_while_tar_extracts_and_stops_w
         docker_client, test_image, volumes, transport):
     """The helper's exit syncs the volume's filesystem (Docker unmounts its overlayfs): a loop beside tar writes the
     files out as they come, so that exit does not write the whole restore in one go."""
-    engine = Engine(docker_client, helper_image=test_image, transport=transport)
-    volume = volumes("writer")
-    docker_client.volumes.create(volume)
     archive = small_tar()
-    with engine.helper(["sh", "-c", RESTORE_SCRIPT, "sh", ".dockvault-restore-w", STREAM, CONTROL, "only"],
-                       volume=volume, mount=TARGET_MOUNT, read_only=False, labels={}, stdin=True) as helper:
+    _, running = restore_helper(docker_client, test_image, volumes("writer"), transport)
+    with running as helper:
         with helper.writer() as out:
             out.write(archive[:512])  # tar is running and waits for the rest
             seen = ""
