@@ -105,13 +105,13 @@ def test_a_full_state_disk_fails_cleanly_and_keeps_earlier_backups(cli_env, dock
     first = [f.name for f in (repo_dir / "full").iterdir()]
 
     ballast = state / "ballast"
-    with open(ballast, "wb") as f:  # every free block of the state disk
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    with open(ballast, "wb", buffering=0) as f:  # every free byte of the state disk, down to the last page
+        for piece in (65536, 4096, 1):
+            try:
+                while f.write(b"\0" * piece):
+                    pass
+            except OSError:
+                pass
     result = dockvault("backup", "full", env=cli_env, check=False)
     assert result.returncode == 1
     assert "disk is full" in (result.stdout + result.stderr) and "Traceback" not in result.stderr, result.stderr

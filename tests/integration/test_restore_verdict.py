@@ -6,8 +6,8 @@ was still extracting used to vanish, and the helper then waited for it forever (
 from __future__ import annotations
 
 import io
-import time
 import tarfile
+import time
 
 import pytest
 

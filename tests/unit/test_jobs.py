@@ -77,3 +77,24 @@ def test_one_job_per_policy_across_threads_and_processes(tmp_path):
     assert other.try_acquire("other", "backup other") is not None
     lease.release()
     assert other.try_acquire("app", "manual backup") is not None
+
+
+def test_a_full_state_disk_still_gives_the_lock_without_its_holder_note(tmp_path, monkeypatch):
+    """The note of who holds the lock cannot be written on a full disk; the lock holds all the same and is released."""
+    import errno
+    import os
+
+    from dockvault.actions import locks
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(locks.os, "write", full)
+    lease = JobLocks(tmp_path).try_acquire("app", "backup app")
+    assert lease is not None
+    other = JobLocks(tmp_path)
+    with pytest.raises(PolicyBusy, match="another job holds its job lock"):
+        other.acquire("app", "manual backup", timeout=0)
+    lease.release()
+    monkeypatch.setattr(locks.os, "write", os.write)
+    assert other.try_acquire("app", "manual backup") is not None

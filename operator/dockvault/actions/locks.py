@@ -7,6 +7,7 @@ beside it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -81,10 +82,12 @@ class JobLocks:
                 with self._guard:
                     del self._busy[key]
                 raise
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()} {what}")
-            handle.flush()
+            # Who holds it, for the messages of the jobs that find it busy. Only a note: on a full state disk the
+            # lock (the flock) holds all the same, and the job goes on to fail with "the disk is full" where it
+            # writes its state. Unbuffered, so a failed write leaves nothing behind to fail again at release.
+            os.ftruncate(handle.fileno(), 0)
+            with contextlib.suppress(OSError):
+                os.write(handle.fileno(), f"{os.getpid()} {what}".encode())
         return Lease(self, key, handle)
 
     def acquire(self, key: str, what: str, *, timeout: float) -> Lease:

@@ -376,8 +376,11 @@ class JobRunner:
             else:
                 self.state.record_drill(job.policy, now, Drill(phase="Failed", started_at=iso(now),
                                                                duration_seconds=0.0, message=message))
-        except Exception:  # noqa: BLE001 - the state itself is failing; the log above still says what happened
-            log.exception("%s: cannot record the failure", job.label)
+        except Exception as failure:  # noqa: BLE001 - the state itself is failing; the log above says what happened
+            if getattr(failure, "temporary", False):  # e.g. its disk is full: the log above named the cause
+                log.error("%s: cannot record the failure: %s", job.label, failure)
+            else:
+                log.exception("%s: cannot record the failure", job.label)
         with contextlib.suppress(Exception), self.job_context(job.policy):  # Secrets of a mail login, in kube mode
             self._notify(job.policy, policy, job.kind, "Failed", backup_id, None, None, message)
         return JobResult(job, policy, False, message, backup_id, error)

@@ -63,6 +63,13 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+class StateDiskFull(RuntimeError):
+    """The state database cannot be written: its disk is full. The job fails and is retried later, when space may
+    have been freed; never a traceback."""
+
+    temporary = True
+
+
 class StateStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -95,7 +102,13 @@ class StateStore:
 
     def _run(self, sql: str, params: Iterable = ()) -> list[tuple]:
         with self._lock:
-            return self._db.execute(sql, tuple(params)).fetchall()
+            try:
+                return self._db.execute(sql, tuple(params)).fetchall()
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                raise StateDiskFull(f"the disk is full: cannot write dockvault's state in {self.directory}; "
+                                    "free some space there") from exc
 
     # --- backup attempts ---------------------------------------------------------------------
     def record_attempt(self, policy: str, attempt: Attempt) -> None:
