@@ -377,7 +377,7 @@ class JobRunner:
                 self.state.record_drill(job.policy, now, Drill(phase="Failed", started_at=iso(now),
                                                                duration_seconds=0.0, message=message))
         except Exception as failure:  # noqa: BLE001 - the state itself is failing; the log above says what happened
-            if getattr(failure, "temporary", False):  # e.g. its disk is full: the log above named the cause
+            if is_temporary(failure):  # e.g. its disk is full: the log above named the cause
                 log.error("%s: cannot record the failure: %s", job.label, failure)
             else:
                 log.exception("%s: cannot record the failure", job.label)

@@ -239,16 +239,13 @@ class Runtime:
             return policy_patch(body, [], None, now_utc())  # the errors as the Ready condition
         backups = self.runner.list_backups(key, policy)
         if backups is None:  # the status says so, instead of going stale
-            status = unlisted_status(policy, self.runner.listing_error(key) or "unknown error",
-                                     self.state.last_attempt(key), now=now_utc(),
-                                     previous=previous_status(body).conditions).to_dict()
-        else:
-            status = policy_patch(body, backups, self.state.last_attempt(key),
-                                  now_utc(), measured=self.state.last_measurement(key),
-                                  drill=self.state.last_drill(key), good_drill=self.state.last_successful_drill(key),
-                                  policy=policy,
-                                  copies=self.state.copy_statuses(key), check=self.state.last_check(key))
-        return status
+            return unlisted_status(policy, self.runner.listing_error(key) or "unknown error",
+                                   self.state.last_attempt(key), now=now_utc(),
+                                   previous=previous_status(body).conditions).to_dict()
+        return policy_patch(body, backups, self.state.last_attempt(key), now_utc(),
+                            measured=self.state.last_measurement(key), drill=self.state.last_drill(key),
+                            good_drill=self.state.last_successful_drill(key), policy=policy,
+                            copies=self.state.copy_statuses(key), check=self.state.last_check(key))
 
     def report(self, result: JobResult) -> None:
         """The runner's callback after every job: policy status, Backup resources and an event."""

@@ -105,7 +105,7 @@ class StateStore:
             try:
                 return self._db.execute(sql, tuple(params)).fetchall()
             except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                     raise
                 raise StateDiskFull(f"the disk is full: cannot write dockvault's state in {self.directory}; "
                                     "free some space there") from exc
