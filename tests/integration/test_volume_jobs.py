@@ -256,9 +256,13 @@ def test_both_transports_back_up_and_restore_the_same(docker_client, test_image,
     assert len(idle) == (2 if transport == "api" else 0)  # the api transport's helpers idle; their work is exec'd
 
 
-def test_a_helper_killed_mid_stream_fails_the_backup_over_the_api(docker_client, test_image, volumes, repo_dir):
+@pytest.mark.parametrize("remote", [False, True], ids=["dockvault-compresses", "helper-compresses"])
+def test_a_helper_killed_mid_stream_fails_the_backup_over_the_api(docker_client, test_image, volumes, repo_dir,
+                                                                  monkeypatch, remote):
     from dockvault.engine.core import LABEL_JOB as JOB, Engine
 
+    # remote: as for an engine over TCP, the helper compresses (TAR_ZSTD), here on the local engine
+    monkeypatch.setattr(Engine, "remote", property(lambda self: remote))
     engine = Engine(docker_client, helper_image=test_image, transport="api")
     source = volumes("killed-src")
     populate_volume(docker_client, source, megabytes=60)

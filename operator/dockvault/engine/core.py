@@ -421,6 +421,11 @@ class Engine:
         return True
 
     @property
+    def remote(self) -> bool:
+        """Does the engine answer over a network (DOCKER_HOST tcp://, ssh://), not a local unix socket?"""
+        return not os.environ.get("DOCKER_HOST", "unix://").startswith("unix://")
+
+    @property
     def transport(self) -> str:
         """fifo or api, resolved once: `auto` takes the FIFOs when the engine sees dockvault's temp dir (a local
         engine sharing this filesystem), else the API (remote engines, or dockvault in its own mount namespace)."""
@@ -434,8 +439,7 @@ class Engine:
         starting) a container that bind-mounts it: dockerd refuses a bind whose source path does not exist on its
         side ("bind source path does not exist"), so a create that succeeds means it sees the folder, whose name
         is random. A few milliseconds, where starting a container that reads a file back took 0.25 s per command."""
-        host = os.environ.get("DOCKER_HOST", "unix://")
-        if not host.startswith("unix://"):
+        if self.remote:
             return False
         probe = Path(tempfile.mkdtemp(prefix=f"dockvault-probe-{os.getpid()}-"))
         container = None

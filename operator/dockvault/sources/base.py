@@ -19,6 +19,7 @@ from ..storage.codec import SUFFIXES, CompressingWriter
 from ..storage.crypt import SUFFIX as AGE_SUFFIX
 
 Progress = Callable[[int], None]
+_AS_IS = CompressionSpec(algorithm="none")
 
 
 class SourceError(RuntimeError):
@@ -85,16 +86,19 @@ class BackupContext:
         chunks: Iterable[bytes],
         details: dict[str, str],
         compression: CompressionSpec | None = None,
+        raw_size: Callable[[], int] | None = None,
     ) -> Artifact:
         """Compress `chunks` into an artifact and publish it atomically once the stream ended cleanly.
 
-        `compression` overrides the policy's for streams that arrive compressed (pg_dump -Fc).
+        `compression` overrides the policy's for streams that arrive compressed (pg_dump -Fc). With `raw_size`,
+        the chunks arrive compressed as `compression` already (a helper compressed them near the data): they are
+        stored as they are, and `raw_size()` gives their uncompressed size once they have all passed.
         """
         started = _now()
         compression = compression or self.compression
         name = base_name + SUFFIXES[compression.algorithm] + (AGE_SUFFIX if self.recipients else "")
         with contextlib.closing(iter(chunks)) as stream, self.writer.artifact(name) as out:
-            sink = CompressingWriter(out, compression, self.recipients)
+            sink = CompressingWriter(out, compression if raw_size is None else _AS_IS, self.recipients)
             try:
                 for chunk in stream:
                     check_cancel(self.cancel)
@@ -110,7 +114,7 @@ class BackupContext:
             source=source,
             file=name,
             bytes=sink.bytes,
-            raw_bytes=sink.raw_bytes,
+            raw_bytes=sink.raw_bytes if raw_size is None else raw_size(),
             sha256=sink.sha256,
             compression=compression.algorithm,
             level=compression.effective_level,

@@ -203,6 +203,11 @@ class EndMarker:
         self._zeros = 0
         self._pax_size: int | None = None
 
+    @property
+    def length(self) -> int:
+        """Bytes of the stream seen so far (all of it, once it ended)."""
+        return self._offset
+
     def watch(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
             start = self._offset

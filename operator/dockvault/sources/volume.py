@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
+import zstandard
+
 from ..api.backup import Artifact
-from ..api.policy import BackupTarget, DrillCheck
+from ..api.policy import BackupTarget, CompressionSpec, DrillCheck
 from ..api.restore import RestoreTarget
 from ..engine.core import CONTROL, LABEL_DRILL, STREAM, Engine, EngineError, Helper
 from ..engine.fifo import PeerGone
 from ..engine.quiesce import Journal, quiesced
-from ..storage.codec import read_chunks
+from ..storage.codec import ZstdFrames, compressed, read_chunks
 from .base import BackupContext, Opener, RestoreContext, RestoreRefused, SourceError
 from .tarcheck import checked_tar, new_checker
 from .tarindex import chain_index, tree_index
@@ -38,6 +41,30 @@ TAR_CHANGED = 1
 SNAPSHOT = "/tmp/dockvault.snar"
 LISTED = [f"--listed-incremental={SNAPSHOT}", "--no-check-device"]
 SNAPSHOT_SPOOL = 8 << 20  # bytes of a snapshot file held in memory; the rest spools to disk
+
+# On a remote engine the helper compresses (zstd, the policy's level): the network and the engine then carry the
+# compressed bytes. The engine relays an exec's output through containerd's shim and dockerd (about 5 s of CPU per
+# raw GiB between them here, TLS included, on top of dockvault's own work), and a real network link is slower still.
+# dockvault still proves the archive: it decompresses a copy and walks tar's headers to the end-of-archive marker.
+# A helper image without zstd sends the plain tar, which dockvault compresses itself. tar's exit code wins; a zstd
+# failure after a good tar becomes 2 (tar's own "fatal"), never 1 ("a file changed").
+TAR_ZSTD = r"""
+out=$1 level=$2
+shift 2
+[ "$out" = - ] || exec > "$out"
+command -v zstd > /dev/null 2>&1 || exec "$@"
+ultra=
+[ "$level" -le 19 ] || ultra=--ultra
+{ "$@"; echo "$?" > /tmp/.dockvault-tar-rc; } | zstd -q -T0 $ultra "-$level"
+zrc=$?
+rc=$(cat /tmp/.dockvault-tar-rc 2> /dev/null || echo 2)
+if [ "$zrc" != 0 ]; then
+  echo "zstd failed with exit code $zrc" >&2
+  [ "$rc" != 0 ] && [ "$rc" != 1 ] || rc=2
+fi
+exit "$rc"
+"""
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 # Extract into a staging folder inside the volume, then swap it in only when dockvault says "commit",
 # so a refused or broken archive never replaces what the volume held. A chain (a full, then differentials or
@@ -75,22 +102,65 @@ touch -r /tmp/.dockvault-mtime /target
 """
 
 
+class _HelperZstd:
+    """The stream of a helper that compresses (TAR_ZSTD), passed on as it is. A copy is decompressed here, so that
+    `end` walks tar's own stream; `problem` tells when that copy is not whole zstd. A plain tar (an image without
+    zstd) is compressed here as `spec` says."""
+
+    def __init__(self, end: EndMarker, spec: CompressionSpec) -> None:
+        self.end = end
+        self.spec = spec
+        self.problem = ""
+        self.in_helper = False  # known once the stream began: False for a plain tar
+
+    def watch(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        chunks = iter(chunks)
+        head = b""
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= len(ZSTD_MAGIC):
+                break
+        stream = itertools.chain((head,) if head else (), chunks)
+        if not head.startswith(ZSTD_MAGIC):
+            yield from compressed(self.end.watch(stream), self.spec)
+            return
+        self.in_helper = True
+        frames = ZstdFrames()
+        for chunk in stream:
+            if not self.problem:
+                try:
+                    for _ in self.end.watch(frames.feed(chunk)):
+                        pass
+                except zstandard.ZstdError as exc:
+                    self.problem = f"the helper's zstd stream is corrupt ({exc})"
+            yield chunk  # after a problem too: the helper finishes, the artifact is not published
+        if not self.problem:
+            try:
+                frames.finish()
+            except EOFError as exc:
+                self.problem = f"the helper's {exc}"
+
+
 def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], notes: list[str],
              journal: Journal | None = None, *, snapshot: BinaryIO | None = None,
-             base: tuple[int, BinaryIO] | None = None) -> Iterator[bytes]:
+             base: tuple[int, BinaryIO] | None = None, wire: _HelperZstd | None = None) -> Iterator[bytes]:
     """The volume's tar stream. With `snapshot`, a listed-incremental archive: changes since `base` (the base
-    backup's snapshot file; none: everything, level 0), and tar's new snapshot file is written to `snapshot`."""
+    backup's snapshot file; none: everything, level 0), and tar's new snapshot file is written to `snapshot`.
+    With `wire`, the helper compresses and the stream is that of `wire` (watching its own EndMarker)."""
     if not engine.volume_exists(volume):
         raise SourceError(f"volume {volume!r} does not exist on the Docker host")
-    end = EndMarker()
+    end = wire.end if wire is not None else EndMarker()
     opened = True
     engine.transport  # noqa: B018 - chosen (a probe may run) before anything is quiesced, not while it waits
     with quiesced(engine, volume, quiesce, journal):
         command = TAR_CREATE[:-3] + LISTED + TAR_CREATE[-3:] if snapshot is not None else TAR_CREATE
+        if wire is not None:
+            tar = ["-" if part == STREAM else part for part in command]
+            command = ["sh", "-c", TAR_ZSTD, "sh", STREAM, str(wire.spec.effective_level), *tar]
         with engine.helper(command, volume=volume, mount=SOURCE_MOUNT, read_only=True, labels=labels,
                            files={SNAPSHOT: base} if base is not None else None) as helper:
             try:
-                yield from end.watch(helper.read())
+                yield from (wire or end).watch(helper.read())
             except PeerGone:
                 opened = False  # the exit code below says why, or the checks after it
             result = helper.wait()
@@ -108,6 +178,9 @@ def _archive(engine: Engine, volume: str, quiesce: str, labels: dict[str, str], 
             f"the Docker engine cannot see dockvault's temp dir ({pipes}). Use the api transport (--transport api, "
             "or DOCKVAULT_TRANSPORT=api; auto chooses it when the engine does not share the temp dir), or give "
             "dockvault a temp dir the engine shares (TMPDIR; in a container, bind-mount it at the same path)")
+    if wire is not None and wire.problem:
+        raise SourceError(f"the archive of volume {volume!r} is incomplete: {wire.problem} "
+                          f"(after {end.members} members); nothing was published")
     if not end.seen:
         raise SourceError(f"the archive of volume {volume!r} is incomplete: "
                           f"{end.problem or 'the stream ended without tar end-of-archive marker'} "
@@ -124,23 +197,36 @@ def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
     details = {"volume": spec.name, "quiesce": spec.quiesce, "helperImage": ctx.engine.helper_image,
                "helperImageId": ctx.engine.helper_image_id(), "format": "tar (POSIX pax)"}
     increment = ctx.increment
+    wire = _HelperZstd(EndMarker(), ctx.compression) if _helper_compresses(ctx) else None
     if increment is None:
-        chunks = _archive(ctx.engine, spec.name, spec.quiesce, ctx.labels(target.name), notes, ctx.journal)
-        return [_published(ctx, target, chunks, details, notes)]
+        chunks = _archive(ctx.engine, spec.name, spec.quiesce, ctx.labels(target.name), notes, ctx.journal, wire=wire)
+        return [_published(ctx, target, chunks, details, notes, wire)]
     details |= {"format": "tar (POSIX pax, GNU listed-incremental)", "level": increment.level}
     with tempfile.SpooledTemporaryFile(SNAPSHOT_SPOOL) as snapshot:
         chunks = _archive(ctx.engine, spec.name, spec.quiesce, ctx.labels(target.name), notes, ctx.journal,
-                          snapshot=snapshot, base=increment.snapshots.get(target.name))  # type: ignore[arg-type]
-        archive = _published(ctx, target, chunks, details, notes)
+                          snapshot=snapshot, base=increment.snapshots.get(target.name),  # type: ignore[arg-type]
+                          wire=wire)
+        archive = _published(ctx, target, chunks, details, notes, wire)
         snapshot.seek(0)
         snar = ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.snar",
                            chunks=read_chunks(snapshot), details={"snapshotOf": archive.file})
     return [archive, snar.model_copy(update={"role": "snapshot"})]
 
 
+def _helper_compresses(ctx: BackupContext) -> bool:
+    """Compress in the helper when the stream crosses a network to reach dockvault (zstd policies). On a local
+    engine dockvault compresses: the stream then costs little, and its decompressing proof would not pay
+    (benchmarks/compress_where.py)."""
+    return ctx.compression.algorithm == "zstd" and ctx.engine.remote and ctx.engine.transport == "api"
+
+
 def _published(ctx: BackupContext, target: BackupTarget, chunks: Iterator[bytes], details: dict[str, str],
-               notes: list[str]) -> Artifact:
-    artifact = ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.tar", chunks=chunks, details=details)
+               notes: list[str], wire: _HelperZstd | None = None) -> Artifact:
+    artifact = ctx.publish(target=target.name, source=kind, base_name=f"{target.name}.tar", chunks=chunks,
+                           details=details, raw_size=(lambda: wire.end.length) if wire is not None else None)
+    if wire is not None:
+        by = "helper" if wire.in_helper else "dockvault (the helper image has no zstd)"
+        artifact = artifact.model_copy(update={"details": {**artifact.details, "compressedBy": by}})
     if notes:
         artifact = artifact.model_copy(update={"details": {**artifact.details, "warning": "; ".join(notes)[:500]}})
     return artifact

@@ -100,6 +100,16 @@ class CompressingWriter:
         return self._stored.hash.hexdigest()
 
 
+def compressed(chunks: Iterable[bytes], spec: CompressionSpec) -> Iterator[bytes]:
+    """`chunks` compressed as `spec` says, as a stream."""
+    compressor = _compressor(spec)
+    for chunk in chunks:
+        if out := compressor.compress(chunk):
+            yield out
+    if out := compressor.flush():
+        yield out
+
+
 def _slices(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Cut input into small slices so each decompressed output stays small: logs expand twentyfold."""
     for chunk in chunks:
@@ -107,24 +117,38 @@ def _slices(chunks: Iterable[bytes]) -> Iterator[bytes]:
             yield chunk[start:start + DECOMPRESS_SLICE]
 
 
+class ZstdFrames:
+    """Decompress concatenated zstd frames as they arrive; `finish` raises EOFError when the stream stopped inside
+    a frame (or held none)."""
+
+    def __init__(self) -> None:
+        self._dctx = zstandard.ZstdDecompressor()
+        self._current: zstandard.ZstdDecompressionObj | None = None
+        self._frames = 0
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        for piece in _slices((chunk,)):
+            while piece:
+                if self._current is None:
+                    self._current = self._dctx.decompressobj()
+                if out := self._current.decompress(piece):
+                    yield out
+                if not self._current.eof:
+                    break
+                piece, self._current = self._current.unused_data, None
+                self._frames += 1
+
+    def finish(self) -> None:
+        if self._current is not None or self._frames == 0:
+            raise EOFError("compressed stream ends early (truncated zstd frame)")
+
+
 def _zstd_frames(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Decompress concatenated zstd frames; a stream that stops inside a frame raises EOFError."""
-    dctx = zstandard.ZstdDecompressor()
-    current = None
-    frames = 0
-    for chunk in _slices(chunks):
-        while chunk:
-            if current is None:
-                current = dctx.decompressobj()
-            out = current.decompress(chunk)
-            if out:
-                yield out
-            if not current.eof:
-                break
-            chunk, current = current.unused_data, None
-            frames += 1
-    if current is not None or frames == 0:
-        raise EOFError("compressed stream ends early (truncated zstd frame)")
+    frames = ZstdFrames()
+    for chunk in chunks:
+        yield from frames.feed(chunk)
+    frames.finish()
 
 
 def decompressed(chunks: Iterable[bytes], algorithm: str) -> Iterator[bytes]:
