@@ -12,6 +12,7 @@ import time
 import pytest
 
 from dockvault.engine.core import CONTROL, STREAM, Engine
+from dockvault.engine.fifo import PeerGone
 from dockvault.sources.volume import RESTORE_SCRIPT, TARGET_MOUNT
 
 pytestmark = pytest.mark.docker
@@ -82,3 +83,28 @@ def test_the_restore_helper_writes_the_volume_out_while_tar_extracts_and_stops_w
         if transport == "api":  # the container outlives the script there: the loop went with tar
             time.sleep(0.6)
             assert "sleep 0.5" not in _processes(helper.container)
+
+
+@pytest.mark.parametrize("transport", ["api", "fifo"])
+def test_a_helper_that_stops_reading_fails_the_writer_at_once(test_image, volumes, transport):
+    """A helper whose command exits before it read its input (its tar failed, a full disk) must fail dockvault's
+    write as a broken pipe, so the job reports the helper's exit code and message. On the api transport the
+    engine simply stops reading the connection: the write used to wait for the socket's timeout (300 s in
+    production, 120 s here) and then failed with a bare "timed out"."""
+    import docker
+
+    client = docker.from_env(timeout=120)
+    try:
+        volume = volumes("stops-reading")
+        client.volumes.create(volume)
+        engine = Engine(client, helper_image=test_image, transport=transport)
+        with engine.helper(["sh", "-c", 'echo "no space left" >&2; exit 2', STREAM], volume=volume,
+                           mount=TARGET_MOUNT, read_only=False, labels={}, stdin=True) as helper:
+            with pytest.raises((PeerGone, BrokenPipeError, ConnectionResetError)):  # what _extract expects
+                with helper.writer() as out:
+                    for _ in range(256):  # 256 MiB: far more than any socket and pipe buffers hold
+                        out.write(bytes(1 << 20))
+            result = helper.wait(timeout=60)
+        assert result.exit_code == 2 and "no space left" in result.stderr
+    finally:
+        client.close()

@@ -6,6 +6,7 @@ reads frame by frame and costs a third of the throughput.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -101,6 +102,11 @@ class ExecProcess:
 
     def send(self, data: bytes) -> None:
         self._sock.sendall(data)
+
+    def stop_sending(self) -> None:
+        """End a send that waits for an engine that reads no more (the command has exited)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     def close_stdin(self) -> None:
         """End the command's stdin, keep reading its output. Over TLS a TCP half-close would drop the TLS
