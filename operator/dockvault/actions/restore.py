@@ -85,12 +85,8 @@ class BackupReader:
         chunks = self.verified(artifact, backup_id)
         return decrypted(chunks, self.identities) if artifact.encryption == "age" else chunks
 
-    def opener(self, artifact: Artifact, backup_id: str | None = None):
-        """The artifact's plain stream, as three overlapping stages: reading and hashing, decompressing (each on a
-        thread of its own) and whatever the caller does with it."""
-        # The artifact is opened here, on the caller's thread (which holds the job's context: a Secret reader).
-        return lambda: read_ahead(self._decompressed(self.plain(artifact, backup_id), artifact, backup_id),
-                                  name="decompress")
+    def opener(self, artifact: Artifact, backup_id: str | None = None) -> ArtifactOpener:
+        return ArtifactOpener(self, artifact, backup_id)
 
     def _decompressed(self, chunks: Iterator[bytes], artifact: Artifact, backup_id: str | None) -> Iterator[bytes]:
         """The artifact's plain stream. Corrupt compressed data fails before the checksum at the end would: it is
@@ -106,6 +102,30 @@ class BackupReader:
             artifact, backup_id = (item, None) if isinstance(item, Artifact) else item
             for _ in self.verified(artifact, backup_id):
                 pass
+
+
+@dataclass(frozen=True)
+class ArtifactOpener:
+    """Opens one artifact of a backup. Called: its plain stream, as three overlapping stages (reading and hashing,
+    decompressing, each on a thread of its own, and whatever the caller does with it). `compressed()`: its bytes
+    verified and decrypted but still compressed, for a helper that decompresses them itself."""
+
+    reader: BackupReader
+    artifact: Artifact
+    backup_id: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.reader.policy}/{self.backup_id or self.reader.backup.id}/{self.artifact.file}"
+
+    def __call__(self) -> Iterator[bytes]:
+        # The artifact is opened here, on the caller's thread (which holds the job's context: a Secret reader).
+        reader, artifact, backup_id = self.reader, self.artifact, self.backup_id
+        return read_ahead(reader._decompressed(reader.plain(artifact, backup_id), artifact, backup_id),
+                          name="decompress")
+
+    def compressed(self) -> Iterator[bytes]:
+        return self.reader.plain(self.artifact, self.backup_id)
 
 
 @dataclass(frozen=True)

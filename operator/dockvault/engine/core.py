@@ -338,6 +338,7 @@ class Engine:
         self.helper_image = helper_image
         self._image_id: str | None = None
         self._transport = transport
+        self._tools: dict[str, bool] = {}
 
     @classmethod
     def from_env(cls, *, helper_image: str = DEFAULT_HELPER_IMAGE, transport: str | None = None) -> Engine:
@@ -431,6 +432,28 @@ class Engine:
         except Exception:  # noqa: BLE001 - any failure means: not reachable now
             return False
         return True
+
+    def helper_has(self, tool: str) -> bool:
+        """Has the helper image `tool` on its PATH? Asked once per engine by running `command -v` in a helper
+        (its exit code, not its output); any failure answers no."""
+        known = self._tools.get(tool)
+        if known is None:
+            container = None
+            try:
+                container = self.client.containers.create(
+                    self.helper_image, ["sh", "-c", 'command -v "$1" > /dev/null', "sh", tool], entrypoint=[],
+                    network_mode="none", user="0:0", labels={LABEL_PROBE: "true", LABEL_OWNER: _owner()})
+                container.start()
+                known = container.wait(timeout=60).get("StatusCode") == 0
+            except (docker.errors.DockerException, ConnectionError, OSError) as exc:
+                log.debug("cannot tell whether the helper image has %s, assuming not: %s", tool, exc)
+                known = False
+            finally:
+                if container is not None:
+                    with contextlib.suppress(docker.errors.DockerException, ConnectionError, OSError):
+                        container.remove(force=True)
+            self._tools[tool] = known
+        return known
 
     @property
     def remote(self) -> bool:
