@@ -127,3 +127,69 @@ def test_a_corrupt_stream_is_a_problem_and_is_still_drained(tmp_path):
     out = b"".join(wire.watch(chunked(bytes(stream))))
     assert out == bytes(stream)  # read to its end, so the helper can finish
     assert wire.problem
+
+
+class FakeOpener:
+    """An artifact's compressed stream in small chunks, as ArtifactOpener.compressed() gives it."""
+
+    label = "p/20261126T000000Z/data.tar.zst"
+
+    def __init__(self, stream: bytes, size: int = 1_000) -> None:
+        self.chunks = chunked(stream, size)
+
+    def compressed(self):
+        return iter(self.chunks)
+
+
+def archive(*members: tuple[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, body in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return buffer.getvalue()
+
+
+def restore_ctx():
+    from dockvault.sources.base import RestoreContext
+
+    return RestoreContext(policy="p", request="r", job_id="j", engine=None)  # type: ignore[arg-type]
+
+
+def test_compressed_restore_chunks_pass_unchanged_once_checked():
+    from dockvault.sources.tarcheck import new_checker
+    from dockvault.sources.volume import _checked_compressed
+
+    raw = archive(("a.txt", os.urandom(20_000)), ("b/c.txt", b"c" * 50_000))
+    stream = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(raw)
+    assert b"".join(_checked_compressed(FakeOpener(stream), new_checker(), restore_ctx())) == stream
+
+
+def test_a_compressed_restore_never_passes_on_an_unsafe_header():
+    """The helper decompresses what it gets: whatever dockvault passed on must hold no unchecked header."""
+    from dockvault.sources.tarcheck import new_checker
+    from dockvault.sources.tarstream import UnsafeArchive
+    from dockvault.sources.volume import _checked_compressed
+
+    raw = archive(("a.txt", os.urandom(30_000)), ("../../evil", b"owned"), ("z.txt", b"z"))
+    stream = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(raw)
+    passed = []
+    with pytest.raises(UnsafeArchive):
+        for chunk in _checked_compressed(FakeOpener(stream, 300), new_checker(), restore_ctx()):
+            passed.append(chunk)
+    assert passed  # the safe member went through
+    seen = zstandard.ZstdDecompressor().decompressobj().decompress(b"".join(passed))
+    assert b"../../evil" not in seen and b"owned" not in seen
+
+
+def test_a_corrupt_compressed_artifact_is_reported_as_corrupt():
+    from dockvault.sources.tarcheck import new_checker
+    from dockvault.sources.volume import _checked_compressed
+    from dockvault.storage.codec import ChecksumMismatch
+
+    raw = archive(("a.txt", os.urandom(30_000)))
+    stream = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(raw)
+    with pytest.raises(ChecksumMismatch, match="p/20261126T000000Z/data.tar.zst is corrupt"):
+        for _ in _checked_compressed(FakeOpener(stream[:-10]), new_checker(), restore_ctx()):
+            pass
