@@ -55,6 +55,7 @@ class ExecProcess:
         self._unread = bytearray()
         self._tls = isinstance(self._sock, ssl.SSLSocket)
         self._tls_lock = threading.Lock()  # a TLS read and the close_notify must never run at once
+        self.input_cut = False  # feed(): the process exited before it read all of its input
 
     def _recv(self, buffer: bytearray) -> int:
         if not self._tls:
@@ -149,8 +150,13 @@ class ExecProcess:
         return rest + b"".join(self._out if self._out is not None else self.stdout())
 
     def feed(self, chunks: Iterable[bytes], *, limit: int = STDERR_KEEP) -> bytes:
-        """Write `chunks` to stdin, then close it; returns what the process wrote to stdout (up to `limit`)."""
+        """Write `chunks` to stdin, then close it; returns what the process wrote to stdout (up to `limit`).
+
+        A process that exits before it read all of its input (pg_restore --exit-on-error at a failing statement)
+        ends the feed there, with `input_cut` set: the engine reads no more of it, and a send would otherwise wait
+        for the socket's timeout (300 s) and hide the process's own exit code and message."""
         collected = bytearray()
+        exited = threading.Event()
 
         def drain() -> None:
             try:
@@ -159,11 +165,22 @@ class ExecProcess:
                         collected.extend(chunk[: limit - len(collected)])
             except OSError:
                 pass
+            exited.set()  # its output ended: the process exited
+            self.stop_sending()
 
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
-        for chunk in chunks:
-            self._sock.sendall(chunk)
+        try:
+            for chunk in chunks:
+                if exited.is_set():
+                    raise BrokenPipeError("stream closed")
+                self._sock.sendall(chunk)
+        except OSError:
+            if not exited.is_set():
+                raise
+            self.input_cut = True
+            reader.join()
+            return bytes(collected)
         # Only a complete input reaches end-of-file: when `chunks` raises, stdin stays open, so the caller
         # can kill the process before closing the connection (a client must never commit a cut-short input).
         self.close_stdin()

@@ -76,6 +76,9 @@ class DbContainer:
                 raise
             result = proc.result()
         self.check(result, what)
+        if proc.input_cut:
+            raise SourceError(f"{what}: the client in container {self.name!r} exited 0 before it read all of its "
+                              f"input: {mask(result.stderr) or 'no message'}")
 
     def session(self, argv: list[str]) -> ExecProcess:
         """A client kept open with stdin, for a conversation (e.g. holding a snapshot for pg_dump)."""
