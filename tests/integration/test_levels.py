@@ -45,8 +45,15 @@ def change_twice(root: Path) -> None:
     (root / "bin" / "blob2.bin").write_bytes(b"rewritten")
 
 
-@pytest.mark.parametrize("mode", ["differential", "incremental"])
-def test_every_point_in_time_restores_exactly(docker_client, engine, volumes, repo_dir, mode):
+@pytest.mark.parametrize("mode", ["differential", "incremental", "incremental-remote"])
+def test_every_point_in_time_restores_exactly(docker_client, engine, volumes, repo_dir, mode, monkeypatch,
+                                              test_image):
+    if mode.endswith("-remote"):  # as on a remote engine: the helpers compress and decompress, the chain included
+        from dockvault.engine.core import Engine
+
+        mode = mode.removesuffix("-remote")
+        monkeypatch.setattr(Engine, "remote", property(lambda self: True))
+        engine = Engine(docker_client, helper_image=test_image, transport="api")
     source = volumes("lvl")
     populate_volume(docker_client, source, megabytes=4)
     root = volume_path(docker_client, source)

@@ -105,9 +105,11 @@ class ExecProcess:
         self._sock.sendall(data)
 
     def stop_sending(self) -> None:
-        """End a send that waits for an engine that reads no more (the command has exited)."""
+        """End a send that waits for an engine that reads no more (the command has exited). The socket itself is
+        shut down, under its TLS layer: SSLSocket.shutdown would first drop that layer, and a send on another thread
+        could then put plain bytes on the wire."""
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
 
     def close_stdin(self) -> None:
         """End the command's stdin, keep reading its output. Over TLS a TCP half-close would drop the TLS
