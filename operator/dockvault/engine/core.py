@@ -288,32 +288,16 @@ class _ExecInput:
     """The exec's stdin as a write-only file: close() half-closes the connection, so the command sees EOF.
 
     Its output is drained meanwhile (stderr's tail is kept for the result): a command that writes while it
-    reads must never block on a full connection while dockvault blocks on sending. The output ends when the
-    command exits; a write still waiting then (the engine reads no more of a command that stopped reading, e.g. a
-    tar that failed on a full disk) fails at once as a broken pipe, instead of at the socket's timeout."""
+    reads must never block on a full connection while dockvault blocks on sending. A write after the command
+    exited (a tar that failed on a full disk) fails at once as a broken pipe (ExecProcess.send)."""
 
     def __init__(self, process: ExecProcess) -> None:
         self._process = process
-        self._exited = threading.Event()
-        self._drain = threading.Thread(target=self._discard_output, name="helper-output", daemon=True)
+        self._drain = threading.Thread(target=process.drain_output, name="helper-output", daemon=True)
         self._drain.start()
 
-    def _discard_output(self) -> None:
-        with contextlib.suppress(OSError, EOFError):
-            for _ in self._process.stdout():
-                pass
-        self._exited.set()
-        self._process.stop_sending()
-
     def write(self, data: bytes) -> int:
-        try:
-            if self._exited.is_set():
-                raise BrokenPipeError("stream closed")
-            self._process.send(data)
-        except OSError as exc:
-            if not self._exited.is_set():
-                raise
-            raise BrokenPipeError("the helper's command exited before it read all of its input") from exc
+        self._process.send(data)
         return len(data)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,10 @@ import docker
 RECV = 1 << 20
 STDERR_KEEP = 16 * 1024
 _HEADER = struct.Struct(">BxxxL")
+
+
+class InputCut(BrokenPipeError):
+    """The process exited before it read all of its input."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ExecProcess:
         self._tls = isinstance(self._sock, ssl.SSLSocket)
         self._tls_lock = threading.Lock()  # a TLS read and the close_notify must never run at once
         self.input_cut = False  # feed(): the process exited before it read all of its input
+        self._exited = threading.Event()  # drain_output() saw its output end
 
     def _recv(self, buffer: bytearray) -> int:
         if not self._tls:
@@ -102,12 +107,28 @@ class ExecProcess:
                 yield payload
 
     def send(self, data: bytes) -> None:
-        self._sock.sendall(data)
+        """Write to the process's stdin. Once drain_output() saw the process exit, a send fails at once with
+        InputCut (the engine reads no more of a process that stopped reading, and the send would otherwise wait
+        for the socket's timeout, 300 s, and hide the process's own exit code and message)."""
+        try:
+            if self._exited.is_set():
+                raise BrokenPipeError("stream closed")
+            self._sock.sendall(data)
+        except OSError as exc:
+            if not self._exited.is_set():
+                raise
+            raise InputCut("the command exited before it read all of its input") from exc
 
-    def stop_sending(self) -> None:
-        """End a send that waits for an engine that reads no more (the command has exited). The socket itself is
-        shut down, under its TLS layer: SSLSocket.shutdown would first drop that layer, and a send on another thread
-        could then put plain bytes on the wire."""
+    def drain_output(self, keep: Callable[[bytes], None] | None = None) -> None:
+        """Read the output to its end (on a thread of its own, while another sends), stdout to `keep`, stderr's tail
+        for result(). Its end means the process exited: a send still waiting is ended then (see send)."""
+        with contextlib.suppress(OSError, EOFError):
+            for chunk in self.stdout():
+                if keep is not None:
+                    keep(chunk)
+        self._exited.set()
+        # The socket itself is shut down, under its TLS layer: SSLSocket.shutdown would first drop that layer, and
+        # a send on another thread could then put plain bytes on the wire.
         with contextlib.suppress(OSError):
             socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
 
@@ -155,31 +176,19 @@ class ExecProcess:
         """Write `chunks` to stdin, then close it; returns what the process wrote to stdout (up to `limit`).
 
         A process that exits before it read all of its input (pg_restore --exit-on-error at a failing statement)
-        ends the feed there, with `input_cut` set: the engine reads no more of it, and a send would otherwise wait
-        for the socket's timeout (300 s) and hide the process's own exit code and message."""
+        ends the feed there, with `input_cut` set."""
         collected = bytearray()
-        exited = threading.Event()
 
-        def drain() -> None:
-            try:
-                for chunk in self.stdout():
-                    if len(collected) < limit:
-                        collected.extend(chunk[: limit - len(collected)])
-            except OSError:
-                pass
-            exited.set()  # its output ended: the process exited
-            self.stop_sending()
+        def keep(chunk: bytes) -> None:
+            if len(collected) < limit:
+                collected.extend(chunk[: limit - len(collected)])
 
-        reader = threading.Thread(target=drain, daemon=True)
+        reader = threading.Thread(target=self.drain_output, args=(keep,), daemon=True)
         reader.start()
         try:
             for chunk in chunks:
-                if exited.is_set():
-                    raise BrokenPipeError("stream closed")
-                self._sock.sendall(chunk)
-        except OSError:
-            if not exited.is_set():
-                raise
+                self.send(chunk)
+        except InputCut:
             self.input_cut = True
             reader.join()
             return bytes(collected)
