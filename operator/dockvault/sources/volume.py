@@ -223,11 +223,15 @@ def backup(target: BackupTarget, ctx: BackupContext) -> list[Artifact]:
     return [archive, snar.model_copy(update={"role": "snapshot"})]
 
 
+def _across_network(engine: Engine) -> bool:
+    """Does the helper's stream cross a network to reach dockvault (a remote engine, the api transport)? Then the
+    helper compresses backups and decompresses restores. On a local engine dockvault does both: the stream costs
+    little there, and the decompressing proof would not pay (benchmarks/compress_where.py)."""
+    return engine.remote and engine.transport == "api"
+
+
 def _helper_compresses(ctx: BackupContext) -> bool:
-    """Compress in the helper when the stream crosses a network to reach dockvault (zstd policies). On a local
-    engine dockvault compresses: the stream then costs little, and its decompressing proof would not pay
-    (benchmarks/compress_where.py)."""
-    return ctx.compression.algorithm == "zstd" and ctx.engine.remote and ctx.engine.transport == "api"
+    return ctx.compression.algorithm == "zstd" and _across_network(ctx.engine)
 
 
 def _published(ctx: BackupContext, target: BackupTarget, chunks: Iterator[bytes], details: dict[str, str],
@@ -303,8 +307,8 @@ def _wire_codec(engine: Engine, artifact: Artifact, opener: Opener) -> str:
     """zstd: the helper gets the artifact still compressed and decompresses it (a remote engine: half the bytes
     cross the network and the engine), when the opener can give the compressed stream and the helper image has
     zstd; else plain."""
-    if (artifact.compression == "zstd" and hasattr(opener, "compressed") and engine.remote
-            and engine.transport == "api" and engine.helper_has("zstd")):
+    if (artifact.compression == "zstd" and hasattr(opener, "compressed") and _across_network(engine)
+            and engine.helper_has("zstd")):
         return "zstd"
     return "plain"
 
