@@ -300,15 +300,6 @@ def backup(
     )] = "full",
 ) -> None:
     """Run one backup of POLICY now (with retention afterwards when it succeeds)."""
-    from rich.progress import (
-        DownloadColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
-
     if level not in LEVELS:
         raise _fail(f"--level {level!r}: use one of {', '.join(LEVELS)}", 2)
     _setup_logging()
@@ -316,6 +307,8 @@ def backup(
     controller = _controller(config_dir, state_dir, helper_image)
     with _foreground(controller, policy.name, "manual backup", wait):
         if err.is_terminal:
+            from rich.progress import (DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                                       TransferSpeedColumn)
             columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), DownloadColumn(), TransferSpeedColumn(),
                        TimeElapsedColumn())
             with Progress(*columns, console=err, transient=True) as bar:

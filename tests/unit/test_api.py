@@ -693,3 +693,30 @@ def test_the_console_script_freezes_the_heap_so_python_shutdown_skips_collecting
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_the_registries_import_each_source_and_backend_by_its_name():
+    from dockvault import sources, storage
+    from dockvault.api.policy import SOURCE_KINDS, StorageSpec
+
+    assert set(sources.SOURCES) == set(SOURCE_KINDS)
+    assert [sources.source_for(kind).kind for kind in sources.SOURCES] == list(sources.SOURCES)
+    assert set(storage.BACKENDS) == set(StorageSpec.one_of)
+    with pytest.raises(KeyError):
+        sources.source_for("base")  # a module of the package, not a kind
+
+
+def test_a_one_shot_volume_backup_loads_no_database_s3_restore_or_drill_code():
+    """The one-shot commands import what their job needs when it runs (start-up time); the backup of a volume
+    to a local repository never needs these."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dockvault import cli; import dockvault.frontends.standalone; "
+            "from dockvault.sources import source_for; from dockvault.storage import BACKENDS; source_for('volume'); "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "dockvault.sources.volume" in loaded and "dockvault.actions.backup" in loaded
+    assert not loaded & {"dockvault.sources.postgres", "dockvault.sources.mysql", "dockvault.storage.s3",
+                         "dockvault.actions.restore", "dockvault.actions.drill", "dockvault.actions.copy",
+                         "dockvault.actions.check", "rich.progress", "boto3"}

@@ -339,10 +339,10 @@ def test_a_scheduled_backup_runs_with_a_reader_bound_to_the_policy_namespace(mon
 
 
 def test_a_restore_runs_with_a_reader_bound_to_the_request_namespace(monkeypatch, tmp_path):
-    from dockvault.actions import runner
+    from dockvault.actions import restore  # the runner imports run_restore from here when a restore runs
 
     seen: list = []
-    monkeypatch.setattr(runner, "run_restore", reader_probe(seen))
+    monkeypatch.setattr(restore, "run_restore", reader_probe(seen))
     rt = kube.Runtime(host="local", api=RecordingApi(), engine_factory=IdleEngine)
     policy = policy_body(storage={"local": {"path": str(tmp_path)}})
     request = restore_body()

@@ -25,7 +25,6 @@ from ..sources.base import Increment, Progress
 from ..storage.base import BackupIdTaken, DeleteRefused, Repository, StorageError
 from ..storage.codec import ChecksumMismatch
 from ..storage.crypt import DecryptionFailed
-from .restore import BackupReader, identities_for
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +77,7 @@ def plan_increment(policy: BackupPolicy, backups: list[Backup], requested: str, 
     plan = plan_level(requested, backups, volumes)
     if plan.base is None:
         return plan, Increment(FULL)
+    from .restore import BackupReader, identities_for  # only a chained run reads a base: full runs start without it
     try:
         wanted = {name: artifact for name in volumes if (artifact := plan.base.snapshot(name))}  # plan_level: all
         reader = BackupReader(repository, policy.name, plan.base, identities_for(policy, wanted.values()))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from ..api.backup import Backup
 from ..api.policy import BackupPolicy, Drill, RepositoryCheck
@@ -38,11 +39,13 @@ from ..sources.base import Progress
 from ..storage import repository_for
 from .backup import BackupOutcome, run_backup
 from .locks import JobLocks, Lease
-from .restore import RestoreOutcome, run_restore
 from .state import PolicyJournal, State
-from .copy import CopyOutcome, sync_copies
-from .drill import DrillOutcome, run_drill
-from .check import CheckReport, check_policy, summarize
+
+if TYPE_CHECKING:  # imported by the job that needs them: a one-shot backup starts without them
+    from .check import CheckReport
+    from .copy import CopyOutcome
+    from .drill import DrillOutcome
+    from .restore import RestoreOutcome
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +296,7 @@ class JobRunner:
         neither the backup nor the other copies, it shows in CopiesSynced, the metrics and a notification."""
         if not policy.spec.copies:
             return []
+        from .copy import sync_copies
         outcomes = sync_copies(policy, repository_for(policy), previous=self.state.copy_statuses(key),
                                cancel=self.cancel)
         for outcome in outcomes:
@@ -306,6 +310,7 @@ class JobRunner:
         return outcomes
 
     def _restore(self, job: Job, policy: BackupPolicy, request: RestoreRequest) -> JobResult:
+        from .restore import run_restore
         running = RestoreRequestStatus(phase="Running", started_at=self.clock())
         self.state.record_restore(job.request, request.spec_hash, job.policy, running)
         repository = repository_for(policy)
@@ -321,6 +326,7 @@ class JobRunner:
                          None if outcome.succeeded else jobs.PERMANENT, restore=outcome, request=request)
 
     def _drill(self, job: Job, policy: BackupPolicy) -> JobResult:
+        from .drill import run_drill
         outcome = run_drill(policy, engine=self.engine, repository=repository_for(policy), cancel=self.cancel)
         drill = outcome.drill
         self.state.record_drill(job.policy, outcome.started_at, drill)
@@ -333,6 +339,7 @@ class JobRunner:
 
     def _check(self, job: Job, policy: BackupPolicy) -> JobResult:
         """A scheduled repository check of the primary and every copy (the CLI's `dockvault check` without state)."""
+        from .check import check_policy, summarize
         spec = policy.spec.check
         started = self.clock()
         reports = check_policy(policy, repository_for(policy), read_data=bool(spec and spec.read_data),

@@ -6,23 +6,22 @@ A new backend is one module with an `open_repository(spec)` function plus its bl
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import importlib
 
 from ..api.policy import BackupPolicy, StorageSpec
-from . import local, s3
 from .base import BackupIdTaken, DeleteRefused, Repository, StorageError
 
-BACKENDS: dict[str, Callable[[Any], Repository]] = {
-    "local": local.open_repository,
-    "s3": s3.open_repository,
-}
+# The backends, each the name of its module here, imported when a repository first needs it (a local repository
+# never loads the S3 code, and a one-shot command starts sooner).
+BACKENDS = ("local", "s3")
 
 
 def repository_for(storage: StorageSpec | BackupPolicy) -> Repository:
     """The repository a policy (or a storage block) names."""
     spec = storage.spec.storage if isinstance(storage, BackupPolicy) else storage
-    return BACKENDS[spec.backend](getattr(spec, spec.backend))
+    if spec.backend not in BACKENDS:
+        raise KeyError(spec.backend)
+    return importlib.import_module(f"{__name__}.{spec.backend}").open_repository(getattr(spec, spec.backend))
 
 
 __all__ = ["BACKENDS", "BackupIdTaken", "DeleteRefused", "Repository", "StorageError", "repository_for"]
