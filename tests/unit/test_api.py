@@ -706,7 +706,7 @@ def test_the_registries_import_each_source_and_backend_by_its_name():
         sources.source_for("base")  # a module of the package, not a kind
 
 
-def test_a_one_shot_volume_backup_loads_no_database_s3_restore_or_drill_code():
+def test_a_one_shot_volume_backup_loads_no_database_s3_restore_drill_or_metrics_code():
     """The one-shot commands import what their job needs when it runs (start-up time); the backup of a volume
     to a local repository never needs these."""
     import subprocess
@@ -719,4 +719,4 @@ def test_a_one_shot_volume_backup_loads_no_database_s3_restore_or_drill_code():
     assert "dockvault.sources.volume" in loaded and "dockvault.actions.backup" in loaded
     assert not loaded & {"dockvault.sources.postgres", "dockvault.sources.mysql", "dockvault.storage.s3",
                          "dockvault.actions.restore", "dockvault.actions.drill", "dockvault.actions.copy",
-                         "dockvault.actions.check", "rich.progress", "boto3"}
+                         "dockvault.actions.check", "rich.progress", "boto3", "prometheus_client"}

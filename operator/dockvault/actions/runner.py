@@ -29,11 +29,11 @@ from ..api.policy import BackupPolicy, Drill, RepositoryCheck
 from ..api.restore import RestoreRequest, RestoreRequestStatus
 from ..controller import jobs
 from ..controller.jobs import Job
+from ..controller.facts import PolicyFacts, facts_for
 from ..controller.status import Attempt, iso, parse_time
 from ..credentials import mask
 from ..engine.core import Engine, is_temporary
 from ..engine.quiesce import recover_halted
-from ..metrics import DockvaultMetrics, PolicyFacts, facts_for
 from ..notify import Event, Notifier
 from ..sources.base import Progress
 from ..storage import repository_for
@@ -42,6 +42,7 @@ from .locks import JobLocks, Lease
 from .state import PolicyJournal, State
 
 if TYPE_CHECKING:  # imported by the job that needs them: a one-shot backup starts without them
+    from ..metrics import DockvaultMetrics
     from .check import CheckReport
     from .copy import CopyOutcome
     from .drill import DrillOutcome

@@ -12,14 +12,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..actions.locks import JobLocks
 from ..actions.runner import JobRunner, Resources
 from ..api import BackupPolicy, RestoreRequest
 from ..api.loader import Loaded, ResourceError, load_paths
 from ..engine.core import Engine
-from ..metrics import DockvaultMetrics, PolicyFacts
+from ..controller.facts import PolicyFacts
 from .state import StateStore
+
+if TYPE_CHECKING:
+    from ..metrics import DockvaultMetrics  # only `dockvault run` serves metrics: the one-shot commands never load them
 
 log = logging.getLogger(__name__)
 
