@@ -691,7 +691,23 @@ def test_the_console_script_freezes_the_heap_so_python_shutdown_skips_collecting
             cli.main()
         assert leaving.value.code == 0 and capsys.readouterr().out.startswith("dockvault ")
         assert gc.get_freeze_count() > 0
+        assert gc.isenabled()  # as it was before: only the command's start-up runs without collections
     finally:
+        gc.unfreeze()
+
+
+def test_commands_that_run_jobs_collect_garbage_again_once_their_modules_are_in(tmp_path, monkeypatch):
+    import gc
+
+    from dockvault import cli
+
+    gc.disable()  # as main() leaves it for the start-up
+    try:
+        controller = cli._controller(tmp_path / "config", tmp_path / "state", "helper:latest")
+        assert gc.isenabled()
+        controller.state.close()
+    finally:
+        gc.enable()
         gc.unfreeze()
 
 
