@@ -34,7 +34,9 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -152,6 +154,33 @@ def dockvault_env(image: str, state: Path) -> dict[str, str]:
     env = dict(os.environ, DOCKVAULT_HELPER_IMAGE=image, DOCKVAULT_STATE_DIR=str(state))
     env.pop("DOCKVAULT_CONFIG_DIR", None)
     return env
+
+
+def backup_startup(env: dict[str, str], work: Path, image: str, runs: int = 7) -> float:
+    """Median start-up of a one-shot `dockvault backup` (runs of it): from the spawn of the command to its log line
+    "backup ... started", on an empty volume, into a local repository. Everything before the job counts: the
+    interpreter, the imports, the policy's validation, the state, the lock and the engine's first answers."""
+    volume, config = f"dockvault-bench-startup-{uuid.uuid4().hex[:6]}", work / "config-startup"
+    config.mkdir()
+    (config / "policy.yaml").write_text(
+        "apiVersion: dockvault.io/v1alpha1\nkind: BackupPolicy\nmetadata: {name: startup}\nspec:\n"
+        f"  targets: [{{name: data, volume: {{name: {volume}}}}}]\n"
+        f"  storage: {{local: {{path: {work / 'repo-startup'}}}}}\n  retention: {{keepLast: 1}}\n")
+    docker("volume", "create", "--label", "dockvault.bench=1", volume)
+    env = dict(env, DOCKVAULT_STATE_DIR=str(work / "state-startup"))
+    seconds = []
+    try:
+        for _ in range(runs):
+            spawned = time.time()
+            done = subprocess.run([*DOCKVAULT, "backup", "startup", "--config-dir", str(config)], env=env,
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            started = re.search(r"^(\S+ \S+) INFO dockvault\.actions\.backup: backup startup/\S+ started", done.stderr, re.M)
+            if done.returncode != 0 or started is None:
+                raise BenchError(f"dockvault backup of an empty volume failed ({done.returncode}): {done.stderr[-2000:]}")
+            seconds.append(datetime.strptime(started.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - spawned)
+    finally:
+        remove_volume(volume)
+    return statistics.median(seconds)
 
 
 def cli_startup(env: dict[str, str]) -> float:
