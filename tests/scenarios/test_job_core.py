@@ -126,7 +126,7 @@ def test_an_unexpected_exception_is_recorded_once_and_not_rerun(frontend, volume
 def test_a_restore_starts_before_a_drill_due_in_the_same_pass(frontend, docker_client, engine, volumes, repo_dir,
                                                              monkeypatch):
     from dockvault.actions import backup as backup_action
-    from dockvault.actions import runner
+    from dockvault.actions import drill, restore  # the runner imports run_restore and run_drill from these as a job runs
     from dockvault.api.policy import BackupPolicy
     from dockvault.storage import repository_for
 
@@ -137,9 +137,9 @@ def test_a_restore_starts_before_a_drill_due_in_the_same_pass(frontend, docker_c
     model = BackupPolicy.model_validate({**doc, "metadata": {"name": "prio"}})
     assert backup_action.run_backup(model, engine=engine, repository=repository_for(model)).succeeded
     started: list[str] = []
-    for name in ("run_restore", "run_drill"):
-        real = getattr(runner, name)
-        monkeypatch.setattr(runner, name, lambda *a, _real=real, _name=name, **k: (started.append(_name), _real(*a, **k))[1])
+    for module, name in ((restore, "run_restore"), (drill, "run_drill")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: (started.append(_name), _real(*a, **k))[1])
     frontend.apply(doc)  # a drill is due at once: there is a backup, and no drill yet
     frontend.apply(restore_doc("urgent", "prio", volumes("core-prio-dst")))
     frontend.start()
