@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 LABEL_POLICY = "dockvault.io/policy"
 LABEL_TARGET = "dockvault.io/target"
 LABEL_JOB = "dockvault.io/job"
-LABEL_PROBE = "dockvault.io/probe"  # the transport probe: a container never started; removed at start-up if left
+LABEL_PROBE = "dockvault.io/probe"  # a short-lived probe container (Engine._probe); removed at start-up if left
 LABEL_OWNER = "dockvault.io/owner"  # host:pid of the dockvault that made it: a live one's resources are never swept
 LABEL_DRILL = "dockvault.io/drill"  # scratch resources of restore drills: removed after use, and at start-up
 PIPE_MOUNT = "/dockvault"
@@ -422,22 +422,28 @@ class Engine:
         (its exit code, not its output); any failure answers no."""
         known = self._tools.get(tool)
         if known is None:
-            container = None
             try:
-                container = self.client.containers.create(
-                    self.helper_image, ["sh", "-c", 'command -v "$1" > /dev/null', "sh", tool], entrypoint=[],
-                    network_mode="none", user="0:0", labels={LABEL_PROBE: "true", LABEL_OWNER: _owner()})
-                container.start()
-                known = container.wait(timeout=60).get("StatusCode") == 0
+                with self._probe(["sh", "-c", 'command -v "$1" > /dev/null', "sh", tool]) as container:
+                    container.start()
+                    known = container.wait(timeout=60).get("StatusCode") == 0
             except (docker.errors.DockerException, ConnectionError, OSError) as exc:
                 log.debug("cannot tell whether the helper image has %s, assuming not: %s", tool, exc)
                 known = False
-            finally:
-                if container is not None:
-                    with contextlib.suppress(docker.errors.DockerException, ConnectionError, OSError):
-                        container.remove(force=True)
             self._tools[tool] = known
         return known
+
+    @contextlib.contextmanager
+    def _probe(self, command: list[str], **options) -> Iterator[Container]:
+        """A short-lived container of the helper image, labelled as a probe of this process (so a killed
+        dockvault's is swept at start-up), removed when the block ends (best effort)."""
+        container = self.client.containers.create(
+            self.helper_image, command, entrypoint=[], network_mode="none", user="0:0",
+            labels={LABEL_PROBE: "true", LABEL_OWNER: _owner()}, **options)
+        try:
+            yield container
+        finally:
+            with contextlib.suppress(docker.errors.DockerException, ConnectionError, OSError):
+                container.remove(force=True)
 
     @property
     def remote(self) -> bool:
@@ -461,20 +467,13 @@ class Engine:
         if self.remote:
             return False
         probe = Path(tempfile.mkdtemp(prefix=f"dockvault-probe-{os.getpid()}-"))
-        container = None
         try:
-            container = self.client.containers.create(
-                self.helper_image, ["true"], entrypoint=[], network_mode="none", user="0:0",
-                labels={LABEL_PROBE: "true", LABEL_OWNER: _owner()},
-                mounts=[docker.types.Mount(PIPE_MOUNT, str(probe), type="bind", read_only=True)])
-            return True
+            with self._probe(["true"], mounts=[docker.types.Mount(PIPE_MOUNT, str(probe), type="bind", read_only=True)]):
+                return True
         except (docker.errors.DockerException, ConnectionError, OSError) as exc:
             log.debug("transport probe failed, using the api transport: %s", exc)
             return False
         finally:
-            if container is not None:
-                with contextlib.suppress(docker.errors.DockerException):
-                    container.remove(force=True)
             shutil.rmtree(probe, ignore_errors=True)
 
     @contextlib.contextmanager
