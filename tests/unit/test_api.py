@@ -736,3 +736,9 @@ def test_a_one_shot_volume_backup_loads_no_database_s3_restore_drill_or_metrics_
     assert not loaded & {"dockvault.sources.postgres", "dockvault.sources.mysql", "dockvault.storage.s3",
                          "dockvault.actions.restore", "dockvault.actions.drill", "dockvault.actions.copy",
                          "dockvault.actions.check", "rich.progress", "boto3", "prometheus_client"}
+
+
+def test_an_unknown_key_with_a_newline_is_named_quoted_on_one_line():
+    doc = policy_doc()
+    doc["spec"]["\n"] = None
+    assert errors(doc) == [policy_error("spec.'\\n'", "Extra inputs are not permitted")]

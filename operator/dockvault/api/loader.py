@@ -95,12 +95,15 @@ def deprecated_fields(kind: str, doc: Any) -> list[tuple[str, str]]:
 
 
 def format_loc(loc: Iterable[Any]) -> str:
+    """A pydantic error location as a dotted path; a key that is not printable (a newline in a mistyped YAML key)
+    is shown quoted, so an error stays one line."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            name = str(part) if str(part).isprintable() else repr(str(part))
+            out += f".{name}" if out else name
     return out
 
 
