@@ -505,37 +505,41 @@ class JobRunner:
             return self._listing_errors.get(key)
 
     # --- metrics facts ---------------------------------------------------------------------------------
-    def refresh(self, key: str, policy: BackupPolicy | None) -> None:
-        """Recompute what the exporter reports of one policy (None: forget it); scrapes never touch disk or state."""
+    def refresh(self, key: str, policy: BackupPolicy | None) -> list[Backup] | None:
+        """Recompute what the exporter reports of one policy (None: forget it); scrapes never touch disk or state.
+        Returns the backups it listed (None when the repository could not be listed)."""
         if policy is None:
             with self._guard:
                 self._facts.pop(key, None)
                 self._listings.pop(key, None)
-            return
+            return None
+        backups = None
         try:
             drill = self.state.last_successful_drill(key)
             started = parse_time(drill.started_at) if drill else None
             drilled_at = started.timestamp() + (drill.duration_seconds or 0) if drill and started else None
             backups = self.list_backups(key, policy)
             if backups is None:
-                return  # keep the last facts; the next refresh tries again
+                return None  # keep the last facts; the next refresh tries again
             self._remember_listing(key, backups)
             facts = facts_for(policy, backups, last=self.state.last_attempt(key),
                               measured=self.state.last_measurement(key), drilled_at=drilled_at,
                               copies=self.state.copy_statuses(key), check=self.state.last_check(key))
         except Exception:  # noqa: BLE001 - keep the last facts; the next refresh tries again
             log.exception("policy %s: cannot refresh its metrics", key)
-            return
+            return backups
         with self._guard:
             self._facts[key] = facts
+        return backups
 
-    def refresh_all(self, resources: Resources) -> None:
-        for key, policy in resources.policies.items():
-            self.refresh(key, policy)
+    def refresh_all(self, resources: Resources) -> dict[str, list[Backup] | None]:
+        """`refresh` of every policy; the backups each listing found, by policy key."""
+        listed = {key: self.refresh(key, policy) for key, policy in resources.policies.items()}
         with self._guard:
             for key in set(self._facts) - set(resources.policies):
                 del self._facts[key]
                 self._listings.pop(key, None)
+        return listed
 
     def facts(self) -> list[PolicyFacts]:
         with self._guard:

@@ -109,7 +109,8 @@ class Controller:
         return Resources(mine, restores, {n: p for n, p in every.items() if n not in mine})
 
     # --- configuration -------------------------------------------------------------------------
-    def reload(self) -> Config:
+    def reload(self, *, refresh: bool = True) -> Config:
+        """Load the config directory again and log what changed; `refresh` the metrics facts of its policies."""
         old = self.config
         self.config = new = load_config(self.config_dir)
         messages = {f"invalid resource, skipped: {e}" for e in new.errors}
@@ -127,7 +128,8 @@ class Controller:
         if self.metrics is not None:
             for policy in resources.policies.values():
                 self.metrics.policy_seen(policy.name, policy.spec.host, [t.name for t in policy.spec.targets])
-        self.runner.refresh_all(resources)
+        if refresh:
+            self.runner.refresh_all(resources)
         for kind, before, after in (("policy", old.policies, new.policies), ("restore", old.restores, new.restores)):
             for name in sorted(after.keys() - before.keys()):
                 log.info("%s %s added (%s)", kind, name, after[name].file)
@@ -141,17 +143,16 @@ class Controller:
     def startup(self) -> None:
         """Take the state dir, load the config, recover what a killed dockvault left, rebuild the cache."""
         self.state.lock()
-        self.reload()
+        self.reload(refresh=False)  # the repositories are listed once, after the recovery
         resources = self.resources()
         busy = self.runner.recover(resources)
         # Helpers of any policy the config names may belong to a live job of another process (or host) on this engine.
         removed = self.runner.engine.remove_leftovers(spare=frozenset(resources.policies) | frozenset(resources.others))
         if removed:
             log.warning("removed %d leftover helper(s) of unknown policies: %s", len(removed), ", ".join(removed))
-        for name, policy in resources.policies.items():
-            if name not in busy and (backups := self.runner.list_backups(name, policy)) is not None:
+        for name, backups in self.runner.refresh_all(resources).items():
+            if name not in busy and backups is not None:
                 self.state.sync_backups(name, backups)
-        self.runner.refresh_all(resources)
         self.ready.set()
 
     # --- serving -------------------------------------------------------------------------------
