@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dockvault.sources.tarcheck import UnsafeArchive, checked_tar
+from dockvault.sources.tarstream import Data, tar_events
 
 BLOCK = 512
 END = b"\0" * 1024
@@ -159,6 +160,21 @@ def test_any_chunking_forwards_the_same_bytes(format, sizes):
     out, error = run(split(archive.data, sizes))
     assert error is None
     assert out == archive.forwarded
+
+
+def test_member_data_is_forwarded_without_copies():
+    """A chunk that holds only member data goes on as the very object it came as, and data that starts or ends
+    inside a chunk as a view into it: the data of a restore (a GiB and more) is never copied here."""
+    content = bytes(range(256)) * 64  # 16 KiB
+    archive = Archive(reg("big", content), format=tarfile.PAX_FORMAT)
+    start = archive.data.index(content)
+    middle = archive.data[start + BLOCK:start + 3 * BLOCK]
+    chunks = [archive.data[:start + BLOCK], middle, archive.data[start + 3 * BLOCK:]]
+    data = [event.raw for event in tar_events(chunks) if isinstance(event, Data)]
+    assert [type(piece) for piece in data] == [memoryview, bytes, memoryview]
+    assert data[1] is middle
+    assert b"".join(data) == archive.data[start:start + len(content)]  # 16 KiB: no padding
+    assert b"".join(checked_tar(chunks)) == archive.forwarded
 
 
 def test_ustar_prefix_field_is_part_of_the_name():

@@ -74,7 +74,7 @@ class Member:
 
 @dataclass(frozen=True)
 class Data:
-    raw: bytes
+    raw: bytes | memoryview  # a view into a chunk when the member's data starts or ends inside it
     payload: int  # how many leading bytes of `raw` are file content; the rest is block padding
 
 
@@ -98,30 +98,67 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
+class _Cursor:
+    """The stream's chunks read in order: headers as exact byte strings, member data as pieces of the chunks
+    themselves (a whole chunk as it came, or a view into it), so the data is never copied here."""
+
+    __slots__ = ("_source", "_chunk", "_pos")
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._source = iter(chunks)
+        self._chunk: bytes = b""
+        self._pos = 0
+
+    def take(self, n: int) -> bytes | None:
+        """The next `n` bytes, or None when the stream ends before them."""
+        chunk, pos = self._chunk, self._pos
+        if pos + n <= len(chunk):
+            self._pos = pos + n
+            return bytes(chunk[pos:pos + n])
+        parts = [chunk[pos:]]
+        need = n - (len(chunk) - pos)
+        while need > 0:
+            chunk = next(self._source, None)
+            if chunk is None:
+                self._chunk, self._pos = b"", 0
+                return None
+            parts.append(chunk[:need])
+            self._chunk, self._pos = chunk, min(need, len(chunk))
+            need -= len(chunk)
+        return b"".join(parts)
+
+    def pieces(self, n: int, truncated: str) -> Iterator[bytes | memoryview]:
+        """The next `n` bytes in pieces; UnsafeArchive(`truncated`) when the stream ends before them."""
+        while n:
+            chunk, pos = self._chunk, self._pos
+            while pos == len(chunk):
+                chunk = next(self._source, None)
+                if chunk is None:
+                    raise UnsafeArchive(truncated)
+                self._chunk, pos = chunk, 0
+            take = min(n, len(chunk) - pos)
+            self._pos = pos + take
+            n -= take
+            yield chunk if take == len(chunk) else memoryview(chunk)[pos:pos + take]
+
+    def drain(self) -> None:
+        for _ in self._source:
+            pass
+
+
 def tar_events(chunks: Iterable[bytes]) -> Iterator[Event]:
     """The stream's events; after End the rest of `chunks` is drained, so upstream checksums see it all."""
     members = 0
-    buffer = bytearray()
-    source = iter(chunks)
-
-    def fill(n: int) -> bool:
-        while len(buffer) < n:
-            chunk = next(source, None)
-            if chunk is None:
-                return False
-            buffer.extend(chunk)
-        return True
-
+    cursor = _Cursor(chunks)
     pending: dict[str, str] = {}
-    head = bytearray()  # metadata blocks held back until their member is complete
+    head: list[bytes] = []  # metadata blocks held back until their member is complete
     while True:
-        if not fill(BLOCK):
+        block = cursor.take(BLOCK)
+        if block is None:
             raise UnsafeArchive("archive ends without an end-of-archive marker (truncated)")
-        block = bytes(buffer[:BLOCK])
-        if block == b"\0" * BLOCK:
-            yield End(bytes(head) + block + b"\0" * BLOCK)  # tar reads no further
-            for _ in source:
-                pass
+        if block == _ZERO_BLOCK:
+            yield End(b"".join(head) + block + _ZERO_BLOCK)  # tar reads no further
+            cursor.drain()
             return
         try:
             info = parse_header(block)
@@ -133,9 +170,10 @@ def tar_events(chunks: Iterable[bytes]) -> Iterator[Event]:
             if size > MAX_META_BYTES:
                 raise UnsafeArchive(f"extended header of {size} bytes after {members} members (at most "
                                     f"{MAX_META_BYTES} are read)")
-            if not fill(BLOCK + padded):
+            body = cursor.take(padded)
+            if body is None:
                 raise UnsafeArchive("archive ends inside a header")
-            data = bytes(buffer[BLOCK:BLOCK + size])
+            data = body[:size]
             if info.type == tarfile.GNUTYPE_LONGNAME:
                 pending["path"] = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
             elif info.type == tarfile.GNUTYPE_LONGLINK:
@@ -147,8 +185,7 @@ def tar_events(chunks: Iterable[bytes]) -> Iterator[Event]:
                 if any(key.startswith("GNU.sparse") for key in records):
                     raise UnsafeArchive("sparse members are not supported")
                 pending.update(records)
-            head += buffer[:BLOCK + padded]
-            del buffer[:BLOCK + padded]
+            head += (block, body)
             continue
         name = pending.get("path", info.name)
         if "size" in pending:
@@ -156,20 +193,15 @@ def tar_events(chunks: Iterable[bytes]) -> Iterator[Event]:
             padded = -(-size // BLOCK) * BLOCK
         has_data = info.type in DATA_TYPES
         yield Member(info, name, pending.get("linkpath", info.linkname), size if has_data else 0, dict(pending),
-                     bytes(head) + block)
+                     b"".join(head) + block if head else block)
         members += 1
         pending.clear()
         head.clear()
-        del buffer[:BLOCK]
-        remaining, content = (padded, size) if has_data else (0, 0)
-        while remaining:
-            if not buffer and not fill(1):
-                raise UnsafeArchive(f"archive ends inside member {name!r} (truncated)")
-            take = min(remaining, len(buffer))
-            yield Data(bytes(buffer[:take]), min(take, content))
-            content -= min(take, content)
-            del buffer[:take]
-            remaining -= take
+        if has_data:
+            content = size
+            for piece in cursor.pieces(padded, f"archive ends inside member {name!r} (truncated)"):
+                yield Data(piece, min(len(piece), content))
+                content -= min(len(piece), content)
 
 
 _ZERO_BLOCK = bytes(BLOCK)
