@@ -102,7 +102,8 @@ def format_loc(loc: Iterable[Any]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            name = str(part) if str(part).isprintable() else repr(str(part))
+            name = str(part)
+            name = name if name.isprintable() else repr(name)
             out += f".{name}" if out else name
     return out
 

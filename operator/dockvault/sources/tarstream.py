@@ -200,8 +200,9 @@ def tar_events(chunks: Iterable[bytes]) -> Iterator[Event]:
         if has_data:
             content = size
             for piece in cursor.pieces(padded, f"archive ends inside member {name!r} (truncated)"):
-                yield Data(piece, min(len(piece), content))
-                content -= min(len(piece), content)
+                payload = min(len(piece), content)
+                yield Data(piece, payload)
+                content -= payload
 
 
 _ZERO_BLOCK = bytes(BLOCK)
