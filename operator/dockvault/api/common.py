@@ -164,7 +164,7 @@ Cron = Annotated[str, AfterValidator(_check_cron), WithJsonSchema({"type": "stri
 def _check_timezone(value: str) -> str:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of zones ("Asia"), read from tzdata
         raise ValueError(f"{value!r} is not a known IANA time zone (e.g. UTC, Asia/Tokyo)") from None
     return value
 
